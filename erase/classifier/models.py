@@ -1,0 +1,162 @@
+"""Small torch classifiers, a seeded training loop, prediction helpers and safetensors I/O.
+
+The unlearning methods accept any ``nn.Module`` mapping a float batch ``(B, d)`` to logits
+``(B, K)`` whose last ``nn.Linear`` is the classification head; the MLP here is the bundled
+default (it trains on digits in about a second on one CPU thread).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from erase.errors import EraseError
+
+
+class MLP(nn.Module):
+    """``in -> hidden -> ReLU -> ... -> n_classes`` (the last layer is the head ``self.head``)."""
+
+    def __init__(self, in_features: int, n_classes: int, hidden: tuple[int, ...] = (128,)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_features
+        for h in hidden:
+            layers += [nn.Linear(prev, h), nn.ReLU()]
+            prev = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(prev, n_classes)
+        self.config = {"in_features": in_features, "n_classes": n_classes, "hidden": list(hidden)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def mlp_factory(in_features: int, n_classes: int, hidden: tuple[int, ...] = (128,)) -> Callable[[], MLP]:
+    return lambda: MLP(in_features, n_classes, hidden)
+
+
+def seeded(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """Build a model with weights drawn from ``seed`` without touching the global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory()
+
+
+@dataclass
+class TrainConfig:
+    """Plain supervised training (the original model, retraining, SISA constituents)."""
+
+    epochs: int = field(default=30, metadata={"help": "passes over the training data"})
+    lr: float = field(default=3e-3, metadata={"help": "Adam learning rate"})
+    batch_size: int = field(default=64, metadata={"help": "minibatch size"})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+
+def train_classifier(model: nn.Module, X, y, config: TrainConfig | None = None, seed: int = 0) -> nn.Module:
+    """Train ``model`` in place with Adam and cross-entropy; shuffling is drawn from ``seed`` only."""
+    cfg = config or TrainConfig()
+    X = _as_tensor(X).float()
+    y = _as_tensor(y).long()
+    n = len(y)
+    if n == 0:
+        return model
+    gen = torch.Generator().manual_seed(int(seed))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(n, generator=gen)
+        for s in range(0, n, cfg.batch_size):
+            b = perm[s : s + cfg.batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(X[b]), y[b]).backward()
+            opt.step()
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, X, batch_size: int = 2048) -> np.ndarray:
+    """Softmax probabilities as a numpy array (evaluation mode)."""
+    was_training = model.training
+    model.eval()
+    X = _as_tensor(X).float()
+    out = [torch.softmax(model(X[s : s + batch_size]), dim=1) for s in range(0, len(X), batch_size)]
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def head_layer(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The classification head: the last ``nn.Linear`` in the module tree."""
+    last = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            last = (name, m)
+    if last is None:
+        raise EraseError(f"{type(model).__name__} has no nn.Linear head; boundary unlearning needs one")
+    return last
+
+
+def set_module(model: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent = model
+    *path, leaf = dotted.split(".")
+    for p in path:
+        parent = getattr(parent, p)
+    setattr(parent, leaf, new)
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
+    """Write tensors as safetensors (temp file, then rename); metadata is stored as JSON strings."""
+    meta = {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in (metadata or {}).items()}
+    return _atomic_save(tensors, Path(path), meta)
+
+
+def save_model(path: str | Path, model: nn.Module, metadata: dict | None = None) -> Path:
+    meta = dict(metadata or {})
+    if hasattr(model, "config"):
+        meta.setdefault("model_config", model.config)
+    meta.setdefault("model_class", type(model).__name__)
+    return save_tensors(path, model.state_dict(), meta)
+
+
+def load_model(path: str | Path) -> MLP:
+    """Load an :class:`MLP` written by :func:`save_model`."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise EraseError(f"model file not found: {path}")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "model_config" not in meta:
+        raise EraseError(f"{path} has no model_config metadata; it was not written by save_model")
+    cfg = json.loads(meta["model_config"])
+    model = MLP(cfg["in_features"], cfg["n_classes"], tuple(cfg["hidden"]))
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+def config_dict(cfg) -> dict:
+    return asdict(cfg)

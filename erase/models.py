@@ -1,0 +1,196 @@
+"""Load a Stable Diffusion pipeline from a Hub id, a local diffusers folder or a single file.
+
+    pipe = load_pipeline()                                   # the bundled toy-world model
+    pipe = load_pipeline("runwayml/stable-diffusion-v1-5")   # Hub id (cache or network)
+    pipe = load_pipeline("path/to/diffusers-folder")
+    pipe = load_pipeline("model.safetensors", config="path/to/diffusers-folder")  # offline single file
+
+Weights are kept in fp32 (they are the master weights of any fine-tuning); the frozen parts
+(VAE, text encoder) are cast to the half precision of the accelerator when one is present.
+Device and mixed precision come from accelerate: GPU with bf16 (fp16 where bf16 is missing),
+CPU with fp32. Only safetensors files are read; pickled checkpoints are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from erase.errors import EraseError
+
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline",)
+_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+__all__ = ["load_pipeline", "default_device", "default_mixed_precision", "model_family", "ModelInfo"]
+
+
+@dataclass
+class ModelInfo:
+    """Where a pipeline came from; stored in exports' metadata."""
+
+    source: str  # what the user passed (or "bundled:toyworld")
+    kind: str  # "bundled" | "hub" | "folder" | "single-file"
+    family: str  # "sd1" | "sd2" | "custom"
+
+
+def default_device() -> torch.device:
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def default_mixed_precision(device: torch.device | str | None = None) -> str:
+    """'bf16' on a GPU that has it, 'fp16' on an older GPU, 'no' (fp32) on CPU."""
+    device = torch.device(device) if device is not None else default_device()
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def half_dtype(mixed_precision: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
+
+
+def model_family(pipe) -> str:
+    """'sd1' (CLIP ViT-L, 768-d context), 'sd2' (OpenCLIP ViT-H, 1024-d) or 'custom'."""
+    dim = pipe.unet.config.cross_attention_dim
+    dim = dim[0] if isinstance(dim, (list, tuple)) else dim
+    return {768: "sd1", 1024: "sd2"}.get(int(dim), "custom")
+
+
+def _check_folder(path: Path) -> None:
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise EraseError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+    try:
+        cls = json.loads(index.read_text()).get("_class_name", "")
+    except json.JSONDecodeError as e:
+        raise EraseError(f"{index} is not valid JSON: {e}") from None
+    if cls not in SUPPORTED_PIPELINES:
+        raise EraseError(
+            f"unsupported pipeline {cls!r} in {path}: erase supports Stable Diffusion 1.x/2.x "
+            f"({', '.join(SUPPORTED_PIPELINES)}); SDXL and other pipelines are not supported yet"
+        )
+    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if not (path / sub).is_dir():
+            raise EraseError(f"pipeline folder {path} has no {sub}/ subfolder")
+
+
+def _check_single_file(path: Path) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as e:  # noqa: BLE001 - any parse failure means a bad file
+        raise EraseError(f"{path} is not a readable safetensors file: {e}") from None
+    if any(k.startswith("conditioner.embedders.1") for k in keys):
+        raise EraseError(f"{path} is an SDXL checkpoint; erase supports Stable Diffusion 1.x/2.x only")
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise EraseError(f"{path} does not look like a Stable Diffusion checkpoint (no model.diffusion_model.* keys)")
+
+
+def _resolve(model: str | os.PathLike | None) -> tuple[str, str]:
+    """Return (kind, location) for what the user passed."""
+    if model is None or str(model) in ("", "toyworld", "bundled"):
+        from erase.toyworld import default_model_path
+
+        return "bundled", str(default_model_path())
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise EraseError(
+            f"refusing to load {path}: pickled checkpoints ({path.suffix}) can run arbitrary code; "
+            "convert it to .safetensors first"
+        )
+    if path.suffix.lower() == ".safetensors":
+        if not path.is_file():
+            raise EraseError(f"model file not found: {path}")
+        return "single-file", str(path)
+    if path.exists():
+        if not path.is_dir():
+            raise EraseError(f"model path {path} is neither a diffusers folder nor a .safetensors file")
+        return "folder", str(path)
+    if not _HUB_ID.match(text):
+        raise EraseError(f"model path not found: {text}")
+    return "hub", text
+
+
+def load_pipeline(
+    model: str | os.PathLike | None = None,
+    *,
+    config: str | os.PathLike | None = None,
+    device: torch.device | str | None = None,
+    mixed_precision: str | None = None,
+    local_files_only: bool | None = None,
+):
+    """Load a Stable Diffusion 1.x/2.x pipeline, ready for erasure.
+
+    ``model``: None (the bundled toy-world model), a Hub id, a local diffusers folder or a
+    ``.safetensors`` single-file checkpoint. ``config``: for single files, a local diffusers folder
+    (or Hub id) whose component configs describe the checkpoint; needed offline.
+    Returns a ``StableDiffusionPipeline`` on ``device`` with ``pipe.erase_info`` (a ModelInfo)
+    and ``pipe.erase_mixed_precision`` set. Raises EraseError on bad input.
+    """
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as dlogging
+
+    kind, location = _resolve(model)
+    device = torch.device(device) if device is not None else default_device()
+    mixed_precision = mixed_precision or default_mixed_precision(device)
+    if mixed_precision not in ("no", "fp16", "bf16"):
+        raise EraseError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {mixed_precision!r}")
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    common = dict(safety_checker=None, requires_safety_checker=False, torch_dtype=torch.float32)
+
+    verbosity = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        if kind in ("bundled", "folder"):
+            _check_folder(Path(location))
+            pipe = StableDiffusionPipeline.from_pretrained(location, use_safetensors=True, local_files_only=True, **common)
+        elif kind == "single-file":
+            _check_single_file(Path(location))
+            kwargs = dict(common, local_files_only=local_files_only)
+            if config is not None:
+                cfg = Path(config)
+                if cfg.exists():
+                    _check_folder(cfg)
+                    kwargs["local_files_only"] = True
+                kwargs["config"] = str(config)
+            pipe = StableDiffusionPipeline.from_single_file(location, **kwargs)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(location, use_safetensors=True, local_files_only=local_files_only, **common)
+    except EraseError:
+        raise
+    except (OSError, ValueError, EnvironmentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = ""
+        if kind == "hub":
+            hint = " (no such local path; as a Hub id: is it right, and is it cached or the network reachable?)"
+        elif kind == "single-file" and config is None:
+            hint = " (offline? pass config=<a local diffusers folder of the same architecture>)"
+        raise EraseError(f"could not load model {location!r}{hint}: {first}") from None
+    finally:
+        dlogging.set_verbosity(verbosity)
+
+    if type(pipe).__name__ not in SUPPORTED_PIPELINES:
+        raise EraseError(f"unsupported pipeline {type(pipe).__name__}; erase supports Stable Diffusion 1.x/2.x")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    frozen_dtype = half_dtype(mixed_precision)
+    if frozen_dtype != torch.float32:
+        pipe.vae.to(dtype=frozen_dtype)
+        pipe.text_encoder.to(dtype=frozen_dtype)
+    pipe.erase_info = ModelInfo(source=str(model) if model is not None else "bundled:toyworld", kind=kind, family=model_family(pipe))
+    pipe.erase_mixed_precision = mixed_precision
+    logging.getLogger(__name__).info("loaded %s (%s) on %s, mixed precision %s", location, kind, device, mixed_precision)
+    return pipe

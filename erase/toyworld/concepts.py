@@ -1,0 +1,91 @@
+"""The concepts of the bundled world and the prompts that name them.
+
+Three kinds of concept: a shape (the object), a colour and a drawing style. Every image shows
+one object with one value of each kind; a caption names them through one of a few templates.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from erase.errors import EraseError
+
+SHAPES = ("circle", "square", "triangle", "star", "heart", "cross")
+COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
+STYLES = ("solid", "striped", "outlined")
+KINDS = {"shape": SHAPES, "colour": COLOURS, "style": STYLES}
+
+# "{a}" is the article that agrees with the next word.
+TEMPLATES = (
+    "{a} {colour} {style} {shape}",
+    "a drawing of {a} {colour} {style} {shape}",
+    "a picture of {a} {style} {colour} {shape}",
+    "a photo of {a} {colour} {style} {shape}",
+    "an image of {a} {colour} {shape} , {style}",
+    "{colour} {style} {shape}",
+)
+
+# Words the tokenizer knows besides the concepts (prompts people and the engine write).
+EXTRA_WORDS = (
+    "a", "an", "the", "of", "drawing", "picture", "photo", "image", "painting", "sketch",
+    "with", "in", "on", "and", "style", "object", "shape", "colour", "color", "thing",
+    "background", "white", "light", "plain", "simple", "one", "small", "big", "large", ",", ".",
+)
+
+
+def all_concepts() -> tuple[str, ...]:
+    return SHAPES + COLOURS + STYLES
+
+
+def concept_kind(name: str) -> str:
+    """The kind ("shape", "colour" or "style") of a concept; EraseError if the world lacks it."""
+    key = str(name).strip().lower()
+    for kind, values in KINDS.items():
+        if key in values:
+            return kind
+    known = "; ".join(f"{k}s: {', '.join(v)}" for k, v in KINDS.items())
+    raise EraseError(f"the toy world has no concept {name!r}; known {known}")
+
+
+def caption(shape: str, colour: str, style: str, template: int = 0) -> str:
+    """One caption for an image, from TEMPLATES[template]."""
+    t = TEMPLATES[template % len(TEMPLATES)]
+    first = t.split("{a}", 1)[1].split()[0] if "{a}" in t else ""
+    first = first.format(colour=colour, style=style, shape=shape)
+    article = "an" if first[:1] in "aeiou" else "a"
+    return " ".join(t.format(a=article, colour=colour, style=style, shape=shape).split())
+
+
+def combinations() -> list[tuple[str, str, str]]:
+    """Every (shape, colour, style) triple, in a fixed order."""
+    return list(itertools.product(SHAPES, COLOURS, STYLES))
+
+
+def all_prompts() -> list[str]:
+    """One prompt (the first template) per shape x colour x style combination."""
+    return [caption(s, c, st) for s, c, st in combinations()]
+
+
+def _triples_with(concept: str, naming: bool) -> list[tuple[str, str, str]]:
+    kind = concept_kind(concept)
+    i = list(KINDS).index(kind)
+    order = {"shape": 0, "colour": 1, "style": 2}
+    return [t for t in combinations() if (t[order[kind]] == concept.lower()) == naming and i >= 0]
+
+
+def prompts_for(concept: str, n: int | None = None) -> list[str]:
+    """Prompts that name the concept (first template), every combination that contains it;
+    with n, the first n of them cycling through the templates."""
+    triples = _triples_with(concept, naming=True)
+    if n is None:
+        return [caption(*t) for t in triples]
+    return [caption(*triples[i % len(triples)], template=i // len(triples)) for i in range(n)]
+
+
+def retain_prompts(concept: str) -> list[str]:
+    """Prompts (first template) for every combination that does not contain the concept."""
+    return [caption(*t) for t in _triples_with(concept, naming=False)]
+
+
+def labels_of(shape: str, colour: str, style: str) -> tuple[int, int, int]:
+    return SHAPES.index(shape), COLOURS.index(colour), STYLES.index(style)
