@@ -1,0 +1,161 @@
+"""Registry of diffusion erasure methods: one module per method, one ``register`` call each.
+
+A method is a config dataclass (defaults from its paper, ``help`` in each field's metadata)
+and a function ``run(job: ErasureJob, config) -> dict`` that changes ``job.unet`` in place and
+returns its statistics. ``get(name)`` finds it; ``load_config(name, source)`` builds its config
+from a YAML file or a dict, refusing unknown keys and impossible values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from erase.errors import EraseError
+
+
+def option(default, help: str, **kw):
+    """A dataclass field with help text (shown by the CLI and the app)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class MethodConfig:
+    """Settings every fine-tuning method shares."""
+
+    scope: str = option("full", "trainable UNet parameters: full | cross_attn | cross_attn_kv")
+    lr: float = option(1e-5, "learning rate")
+    optimizer: str = option("adamw", "adamw | adam")
+    weight_decay: float = option(0.0, "optimizer weight decay")
+    batch_size: int = option(1, "items per step")
+    grad_clip: float | None = option(1.0, "max gradient norm (null: no clipping)")
+    gradient_checkpointing: bool = option(False, "trade compute for memory in the UNet")
+    mixed_precision: str = option("auto", "auto (bf16/fp16 on GPU, fp32 on CPU) | no | fp16 | bf16")
+    seed: int = option(0, "seed for data generation, noise and timesteps")
+    n_forget_images: int = option(8, "images generated per run from the concept prompts (data-free)")
+    generation_steps: int = option(25, "sampling steps when generating training images")
+    guidance_scale: float = option(7.5, "classifier-free guidance when generating training images")
+    templates: list[str] | None = option(None, "concept prompt templates with '{}' (null: the model's defaults)")
+
+    def validate(self) -> None:
+        from erase.training import SCOPES
+
+        if self.scope not in SCOPES:
+            raise EraseError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise EraseError(f"mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise EraseError(f"lr must be a positive number, got {self.lr!r}")
+        if self.weight_decay < 0:
+            raise EraseError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("batch_size", "n_forget_images", "generation_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise EraseError(f"{name} must be a positive integer, got {value!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise EraseError(f"grad_clip must be positive or null, got {self.grad_clip!r}")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config_cls: type
+    run: Callable
+    summary: str
+    toyworld: Mapping[str, object]  # measured overrides for the bundled toy-world model
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(name: str, config_cls: type, run: Callable, summary: str, toyworld: Mapping[str, object] | None = None) -> None:
+    _REGISTRY[name] = MethodSpec(name, config_cls, run, summary, dict(toyworld or {}))
+
+
+def _load_builtin() -> None:
+    from erase.methods import fmn, salun  # noqa: F401  (each module registers itself)
+
+
+def available() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> MethodSpec:
+    _load_builtin()
+    key = str(name).lower().strip()
+    if key not in _REGISTRY:
+        raise EraseError(f"unknown method {name!r}; choose from {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[key]
+
+
+def _coerce(name: str, value, annotation):
+    """Check a YAML value against the dataclass annotation (int, float, bool, str, list, or X | None)."""
+    args = typing.get_args(annotation)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise EraseError(f"setting {name} may not be null")
+    kinds = [a for a in args if a is not type(None)] if args and typing.get_origin(annotation) is not list else [annotation]
+    base = typing.get_origin(kinds[0]) or kinds[0]
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base in (bool, str, list, dict) and isinstance(value, base):
+        return value
+    raise EraseError(f"setting {name} must be of type {getattr(base, '__name__', base)}, got {value!r}")
+
+
+def make_config(name: str, overrides: Mapping[str, object] | None = None, *, toyworld: bool = False):
+    """The method's config: paper defaults, then toy-world presets (if asked), then overrides."""
+    spec = get(name)
+    values = dict(spec.toyworld) if toyworld else {}
+    values.update(overrides or {})
+    fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
+    hints = typing.get_type_hints(spec.config_cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise EraseError(f"unknown setting(s) for method {spec.name}: {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    kwargs = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+    config = spec.config_cls(**kwargs)
+    config.validate()
+    return config
+
+
+def read_yaml(path: str | Path) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise EraseError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise EraseError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise EraseError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def load_config(name: str, source: str | Path | Mapping[str, object] | None = None, *, toyworld: bool = False):
+    """Config from a YAML file (optionally with a top-level ``method:`` key) or a dict."""
+    data = read_yaml(source) if isinstance(source, (str, Path)) else dict(source or {})
+    declared = data.pop("method", None)
+    if declared is not None and str(declared).lower() != get(name).name:
+        raise EraseError(f"config is for method {declared!r}, not {name!r}")
+    return make_config(name, data, toyworld=toyworld)
+
+
+def describe(name: str) -> list[tuple[str, object, str]]:
+    """(field, default, help) for each setting of a method: for --help texts and the app."""
+    spec = get(name)
+    return [
+        (f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory(), f.metadata.get("help", ""))
+        for f in dataclasses.fields(spec.config_cls)
+    ]
