@@ -1,0 +1,117 @@
+"""Diffusers components -> one original-layout (CompVis/LDM) Stable Diffusion state dict.
+
+The layout single-file tools read (``model.diffusion_model.*`` for the UNet,
+``first_stage_model.*`` for the VAE, ``cond_stage_model.transformer.text_model.*`` for a CLIP
+text encoder) and that ``StableDiffusionPipeline.from_single_file`` converts back. The key map
+is derived from the UNet's config (blocks, layers per block, which blocks have attention), so
+it holds for SD 1.x/2.x shapes and for smaller UNets of the same family.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from erase.errors import EraseError
+
+_RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
+           ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection"))
+
+
+def unet_key_map(unet) -> dict[str, str]:
+    """diffusers UNet2DConditionModel key prefix -> LDM prefix (full keys come from the state dict)."""
+    cfg = unet.config
+    n = cfg.layers_per_block
+    if not isinstance(n, int):
+        raise EraseError("single-file export needs the same layers_per_block in every UNet block")
+    blocks = len(cfg.block_out_channels)
+    m = {
+        "time_embedding.linear_1.": "time_embed.0.",
+        "time_embedding.linear_2.": "time_embed.2.",
+        "conv_in.": "input_blocks.0.0.",
+        "conv_norm_out.": "out.0.",
+        "conv_out.": "out.2.",
+        "mid_block.resnets.0.": "middle_block.0.",
+        "mid_block.attentions.0.": "middle_block.1.",
+        "mid_block.resnets.1.": "middle_block.2.",
+    }
+    for i in range(blocks):
+        for j in range(n):
+            m[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{1 + i * (n + 1) + j}.0."
+            m[f"down_blocks.{i}.attentions.{j}."] = f"input_blocks.{1 + i * (n + 1) + j}.1."
+        if i < blocks - 1:
+            m[f"down_blocks.{i}.downsamplers.0.conv."] = f"input_blocks.{(i + 1) * (n + 1)}.0.op."
+        has_attn = "CrossAttn" in cfg.up_block_types[i]
+        for j in range(n + 1):
+            m[f"up_blocks.{i}.resnets.{j}."] = f"output_blocks.{i * (n + 1) + j}.0."
+            m[f"up_blocks.{i}.attentions.{j}."] = f"output_blocks.{i * (n + 1) + j}.1."
+        if i < blocks - 1:
+            m[f"up_blocks.{i}.upsamplers.0."] = f"output_blocks.{i * (n + 1) + n}.{2 if has_attn else 1}."
+    return m
+
+
+def _rename(key: str, prefixes: dict[str, str]) -> str:
+    # longest matching prefix wins ("down_blocks.1.resnets.0." before "down_blocks.1.")
+    for src in sorted(prefixes, key=len, reverse=True):
+        if key.startswith(src):
+            return prefixes[src] + key[len(src):]
+    raise EraseError(f"no single-file name for UNet tensor {key!r} (unsupported UNet layout)")
+
+
+def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
+    prefixes = unet_key_map(unet)
+    out = {}
+    for key, value in unet.state_dict().items():
+        new = _rename(key, prefixes)
+        if ".resnets." in key or key.startswith(("mid_block.resnets",)):
+            for a, b in _RESNET:
+                new = new.replace(f".{a}.", f".{b}.")
+        out["model.diffusion_model." + new] = value
+    return out
+
+
+def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
+    blocks = len(vae.config.block_out_channels)
+    m = {}
+    for i in range(blocks):
+        m[f"encoder.down_blocks.{i}.resnets."] = f"encoder.down.{i}.block."
+        m[f"encoder.down_blocks.{i}.downsamplers.0."] = f"encoder.down.{i}.downsample."
+        m[f"decoder.up_blocks.{i}.resnets."] = f"decoder.up.{blocks - 1 - i}.block."
+        m[f"decoder.up_blocks.{i}.upsamplers.0."] = f"decoder.up.{blocks - 1 - i}.upsample."
+    for part in ("encoder", "decoder"):
+        m[f"{part}.mid_block.resnets.0."] = f"{part}.mid.block_1."
+        m[f"{part}.mid_block.resnets.1."] = f"{part}.mid.block_2."
+        m[f"{part}.mid_block.attentions.0."] = f"{part}.mid.attn_1."
+    attn = {"group_norm.": "norm.", "to_q.": "q.", "to_k.": "k.", "to_v.": "v.", "to_out.0.": "proj_out."}
+    out = {}
+    for key, value in vae.state_dict().items():
+        new = key
+        for src in sorted(m, key=len, reverse=True):
+            if key.startswith(src):
+                new = m[src] + key[len(src):]
+                break
+        new = new.replace("conv_shortcut.", "nin_shortcut.").replace("conv_norm_out.", "norm_out.")
+        if ".mid.attn_1." in new:
+            for a, b in attn.items():
+                new = new.replace(f".attn_1.{a}", f".attn_1.{b}")
+            if new.endswith("weight") and value.ndim == 2:
+                value = value[:, :, None, None]  # linear -> 1x1 conv, as the original VAE stores it
+        out["first_stage_model." + new] = value
+    return out
+
+
+def text_encoder_to_ldm(text_encoder) -> dict[str, torch.Tensor]:
+    if type(text_encoder).__name__ != "CLIPTextModel":
+        raise EraseError(f"single-file export supports a CLIPTextModel text encoder, not {type(text_encoder).__name__}")
+    out = {}
+    for key, value in text_encoder.state_dict().items():
+        key = key.removeprefix("text_model.")
+        out["cond_stage_model.transformer.text_model." + key] = value
+    return out
+
+
+def pipeline_to_ldm(pipe, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The whole pipeline as one original-layout state dict (contiguous CPU tensors)."""
+    state = {}
+    for part in (unet_to_ldm(pipe.unet), vae_to_ldm(pipe.vae), text_encoder_to_ldm(pipe.text_encoder)):
+        state.update(part)
+    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}
