@@ -1,0 +1,173 @@
+"""Classifier-side unlearning: one registry, one entry point.
+
+    from erase.classifier import unlearn, METHODS, load_dataset, parse_forget
+    data = load_dataset("digits", seed=0)
+    forget = parse_forget("class:3", data, seed=0)
+    result = unlearn("boundary-shrink", model, data, forget)      # -> UnlearnResult
+    result.model, result.seconds, result.stats
+
+Methods (``METHODS[name]`` holds the config dataclass, whose fields carry help text and the
+paper's defaults): ``boundary-shrink``, ``boundary-expand``, ``salun``, ``retrain`` (torch
+classifiers), ``sisa`` (a fitted :class:`SISAModel`, updated in place: its checkpoints are its
+state) and ``pru`` (a fitted :class:`LinearModel`). Every method except SISA leaves the model
+it is given untouched and returns a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+
+from erase.classifier.boundary import BoundaryExpandConfig, BoundaryShrinkConfig, boundary_expand, boundary_shrink
+from erase.classifier.data import DATASETS, Dataset, ForgetSet, load_dataset, parse_forget, retain_indices, validate_indices
+from erase.classifier.linear import LinearModel, fit_linear
+from erase.classifier.pru import PRUConfig, prepare, pru_delete
+from erase.classifier.retrain import RetrainConfig, retrain
+from erase.classifier.salun import SalUnConfig, salun
+from erase.classifier.sisa import SISAConfig, SISAModel
+from erase.errors import EraseError
+
+__all__ = [
+    "METHODS",
+    "MethodSpec",
+    "UnlearnResult",
+    "unlearn",
+    "get_method",
+    "make_config",
+    "load_dataset",
+    "parse_forget",
+    "Dataset",
+    "ForgetSet",
+    "DATASETS",
+    "SISAModel",
+    "SISAConfig",
+    "LinearModel",
+    "fit_linear",
+]
+
+
+@dataclass
+class UnlearnResult:
+    model: object
+    seconds: float
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config_cls: type
+    model_kind: str  # "torch" | "linear" | "sisa"
+    summary: str
+    run: Callable
+
+
+def _forget_ids(forget, data: Dataset) -> np.ndarray:
+    if isinstance(forget, ForgetSet):
+        return validate_indices(forget.indices, data.n_train)
+    if isinstance(forget, str):
+        return parse_forget(forget, data).indices
+    return validate_indices(forget, data.n_train)
+
+
+def _run_shrink(model, data, ids, cfg, seed):
+    return boundary_shrink(model, data.X_train[ids], data.y_train[ids], cfg, data.input_range, seed)
+
+
+def _run_expand(model, data, ids, cfg, seed):
+    return boundary_expand(model, data.X_train[ids], data.y_train[ids], cfg, seed)
+
+
+def _run_salun(model, data, ids, cfg, seed):
+    r = retain_indices(data.n_train, ids)
+    return salun(model, data.X_train[ids], data.y_train[ids], data.X_train[r], data.y_train[r], int(data.n_classes), cfg, seed)
+
+
+def _run_retrain(model, data, ids, cfg, seed):
+    r = retain_indices(data.n_train, ids)
+    return retrain(model, data.X_train[r], data.y_train[r], cfg, seed)
+
+
+def _run_sisa(model: SISAModel, data, ids, cfg, seed):
+    if len(model.alive) != data.n_train:
+        raise EraseError(f"the SISA model was trained on {len(model.alive)} samples, the dataset has {data.n_train}")
+    stats = model.delete(ids)
+    return model, stats
+
+
+def _run_pru(model: LinearModel, data, ids, cfg, seed):
+    stats = {}
+    if model.cache is None or len(model.cache.z) != data.n_train:
+        t0 = time.perf_counter()
+        prepare(model, data.X_train, data.y_train)
+        stats["prepare_seconds"] = time.perf_counter() - t0
+    return pru_delete(model, ids, cfg), stats
+
+
+METHODS: dict[str, MethodSpec] = {
+    m.name: m
+    for m in [
+        MethodSpec("boundary-shrink", BoundaryShrinkConfig, "torch", "FGSM nearest-but-incorrect labels on D_f (class-wise)", _run_shrink),
+        MethodSpec("boundary-expand", BoundaryExpandConfig, "torch", "shadow class on D_f, then pruned (class-wise)", _run_expand),
+        MethodSpec("salun", SalUnConfig, "torch", "saliency-masked random labels on D_f + true labels on D_r", _run_salun),
+        MethodSpec("retrain", RetrainConfig, "torch", "retrain from scratch on D \\ D_f (the reference)", _run_retrain),
+        MethodSpec("sisa", SISAConfig, "sisa", "exact deletion: retrain affected shards from the last valid slice checkpoint", _run_sisa),
+        MethodSpec("pru", PRUConfig, "linear", "projective residual update for ridge/logistic regression", _run_pru),
+    ]
+}
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise EraseError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def make_config(method: str, overrides: dict | None = None):
+    """The method's config dataclass with ``overrides`` applied (unknown keys are an error)."""
+    cls = get_method(method).config_cls
+    overrides = dict(overrides or {})
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    bad = [k for k in overrides if k not in names]
+    if bad:
+        raise EraseError(f"unknown option {bad[0]!r} for {method}; options: {', '.join(names)}")
+    if "train" in overrides and isinstance(overrides["train"], dict):
+        from erase.classifier.models import TrainConfig
+
+        tnames = {f.name for f in dataclasses.fields(TrainConfig)}
+        tbad = [k for k in overrides["train"] if k not in tnames]
+        if tbad:
+            raise EraseError(f"unknown option train.{tbad[0]!r} for {method}; options: {', '.join(sorted(tnames))}")
+        overrides["train"] = TrainConfig(**overrides["train"])
+    return cls(**overrides)
+
+
+def check_model(spec: MethodSpec, model, data: Dataset) -> None:
+    if spec.model_kind == "linear":
+        if not isinstance(model, LinearModel):
+            raise EraseError(f"{spec.name} needs a linear model (ridge or logistic regression), got {type(model).__name__}")
+        return
+    if not data.is_classification:
+        raise EraseError(f"{spec.name} needs a classification dataset; {data.name!r} is {data.task}")
+    if spec.model_kind == "sisa" and not isinstance(model, SISAModel):
+        raise EraseError(f"sisa needs a fitted SISAModel, got {type(model).__name__}")
+    if spec.model_kind == "torch" and not isinstance(model, nn.Module):
+        raise EraseError(f"{spec.name} needs a torch classifier (nn.Module), got {type(model).__name__}")
+
+
+def unlearn(method: str, model, data: Dataset, forget, config=None, seed: int = 0) -> UnlearnResult:
+    """Unlearn ``forget`` (a ForgetSet, a spec such as ``'class:3'``, or training indices) from ``model``."""
+    spec = get_method(method)
+    check_model(spec, model, data)
+    ids = _forget_ids(forget, data)
+    cfg = config if config is not None else spec.config_cls()
+    if not isinstance(cfg, spec.config_cls):
+        raise EraseError(f"{method} takes a {spec.config_cls.__name__}, got {type(cfg).__name__}")
+    t0 = time.perf_counter()
+    new_model, stats = spec.run(model, data, ids, cfg, seed)
+    return UnlearnResult(new_model, time.perf_counter() - t0, dict(stats))

@@ -186,3 +186,14 @@ def retain_indices(n_train: int, forget: np.ndarray) -> np.ndarray:
     mask = np.ones(n_train, dtype=bool)
     mask[np.asarray(forget, dtype=np.int64)] = False
     return np.flatnonzero(mask)
+
+
+def linear_view(data: Dataset) -> Dataset:
+    """The dataset as PRU's linear models see it: regression as is; classification as the binary
+    task "odd vs even class id" (labels 0/1) for logistic regression."""
+    if not data.is_classification:
+        return data
+    return Dataset(
+        data.name, "classification", data.X_train, (data.y_train % 2).astype(np.int64),
+        data.X_test, (data.y_test % 2).astype(np.int64), n_classes=2, input_range=data.input_range,
+    )

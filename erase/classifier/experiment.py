@@ -1,0 +1,273 @@
+"""One unlearning experiment end to end: data -> original model -> method and retrain -> metrics.
+
+Used by ``scripts/unlearn.py`` and the benchmark. :func:`prepare_scenario` trains the original
+torch model and the retrained reference once, so that several methods can be compared on the
+same scenario; :func:`run_experiment` does everything for one method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from erase.classifier import METHODS, get_method, unlearn
+from erase.classifier.data import Dataset, ForgetSet, linear_view, load_dataset, parse_forget, retain_indices
+from erase.classifier.linear import LinearModel, fit_linear
+from erase.classifier.metrics import (
+    GAP_KEYS,
+    avg_gap,
+    classification_metrics,
+    feature_injection_ratio,
+    inject_feature,
+    relative_l2,
+)
+from erase.classifier.models import MLP, TrainConfig, predict_proba, save_model, save_tensors, seeded, train_classifier
+from erase.classifier.pru import newton_delete, prepare, pru_delete
+from erase.classifier.pru import retrain as linear_retrain
+from erase.classifier.retrain import RetrainConfig, retrain
+from erase.classifier.sisa import SISAConfig, SISAModel
+from erase.errors import EraseError
+
+RIDGE_LAMBDA = 1.0  # ridge / logistic L2 strength of the linear models PRU is applied to
+HIDDEN = (128,)  # the bundled MLP's hidden layer(s)
+
+
+@dataclass
+class Scenario:
+    """A dataset, a forget set, the original torch model and the retrained reference."""
+
+    data: Dataset
+    forget: ForgetSet
+    seed: int
+    train: TrainConfig
+    original: torch.nn.Module | None = None
+    retrained: torch.nn.Module | None = None
+    retrain_seconds: float = float("nan")
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def evaluate(self, predict) -> dict[str, float]:
+        return classification_metrics(predict, self.data, self.forget.indices, self.forget.forget_class, seed=self.seed)
+
+
+@dataclass
+class ExperimentResult:
+    method: str
+    dataset: str
+    forget: str
+    seed: int
+    n_forget: int
+    rows: dict[str, dict[str, float]]  # model name -> metric -> value
+    stats: dict
+    models: dict[str, object] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict:
+        """JSON-ready dict (NaN becomes null)."""
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k != "models"}
+        return _clean(d) | {"models": list(self.models)}
+
+
+def mlp_for(data: Dataset):
+    return lambda: MLP(data.n_features, int(data.n_classes), HIDDEN)
+
+
+def prepare_scenario(dataset: str | Dataset, forget_spec: str, seed: int = 0, train: TrainConfig | None = None) -> Scenario:
+    """Load data, parse the forget set, train the original MLP and the retrained reference (timed)."""
+    data = load_dataset(dataset, seed) if isinstance(dataset, str) else dataset
+    forget = parse_forget(forget_spec, data, seed)
+    sc = Scenario(data, forget, seed, train or TrainConfig())
+    if not data.is_classification:
+        return sc
+    sc.original = train_classifier(seeded(mlp_for(data), seed), data.X_train, data.y_train, sc.train, seed=seed)
+    res = unlearn("retrain", sc.original, data, forget, RetrainConfig(sc.train), seed=seed)
+    sc.retrained, sc.retrain_seconds = res.model, res.seconds
+    sc.metrics["original"] = sc.evaluate(lambda X: predict_proba(sc.original, X))
+    sc.metrics["retrain"] = sc.evaluate(lambda X: predict_proba(sc.retrained, X))
+    return sc
+
+
+def _with_gap(m: dict[str, float], ref: dict[str, float]) -> dict[str, float]:
+    return m | {"AvgGap": avg_gap(m, ref, GAP_KEYS)}
+
+
+def run_torch_method(sc: Scenario, method: str, config=None) -> ExperimentResult:
+    ref = sc.metrics["retrain"]
+    rows = {"original": _with_gap(sc.metrics["original"], ref), "retrain": _with_gap(ref, ref) | {"seconds": sc.retrain_seconds}}
+    stats: dict = {}
+    models: dict[str, object] = {"original": sc.original, "retrain": sc.retrained}
+    if method != "retrain":
+        res = unlearn(method, sc.original, sc.data, sc.forget, config, seed=sc.seed)
+        m = sc.evaluate(lambda X: predict_proba(res.model, X))
+        rows[method] = _with_gap(m, ref) | {"seconds": res.seconds, "speedup": sc.retrain_seconds / res.seconds}
+        stats.update(res.stats)
+        models[method] = res.model
+    return ExperimentResult(method, sc.data.name, sc.forget.spec, sc.seed, len(sc.forget), rows, stats, models)
+
+
+def run_sisa(sc: Scenario, config: SISAConfig | None = None) -> ExperimentResult:
+    """SISA: fit on D, delete D_f; compare with SISA from scratch on D_r (same assignment) and retrain."""
+    cfg = config or SISAConfig()
+    data, ids, ref = sc.data, sc.forget.indices, sc.metrics["retrain"]
+    factory = mlp_for(data)
+    sisa = SISAModel(factory, cfg, sc.seed).fit(data.X_train, data.y_train)
+    before = sc.evaluate(sisa.predict_proba)
+    res = unlearn("sisa", sisa, data, sc.forget, cfg, seed=sc.seed)
+    after = sc.evaluate(sisa.predict_proba)
+    keep = retain_indices(data.n_train, ids)
+    scratch_cfg = dataclasses.replace(cfg, checkpoint_dir=None)
+    t0 = time.perf_counter()
+    scratch = SISAModel(factory, scratch_cfg, sc.seed).fit(data.X_train[keep], data.y_train[keep], assignment=sisa.assignment.subset(keep))
+    scratch_seconds = time.perf_counter() - t0
+    same = bool(np.array_equal(scratch.predict_proba(data.X_test), sisa.predict_proba(data.X_test)))
+    rows = {
+        "original": _with_gap(sc.metrics["original"], ref),
+        "retrain": _with_gap(ref, ref) | {"seconds": sc.retrain_seconds},
+        "sisa (before)": _with_gap(before, ref),
+        "sisa-scratch": _with_gap(sc.evaluate(scratch.predict_proba), ref) | {"seconds": scratch_seconds},
+        "sisa": _with_gap(after, ref)
+        | {
+            "seconds": res.seconds,
+            "speedup": scratch_seconds / res.seconds,
+            "speedup_vs_retrain": sc.retrain_seconds / res.seconds,
+        },
+    }
+    stats = res.stats | {"exact_match_with_scratch": same, "shards": cfg.shards, "slices": cfg.slices}
+    stats["samples_retrained_fraction"] = stats["samples_retrained"] / max(stats["full_retrain_samples"], 1)
+    return ExperimentResult("sisa", data.name, sc.forget.spec, sc.seed, len(ids), rows, stats, {"sisa": sisa})
+
+
+def run_pru(dataset: str | Dataset, forget_spec: str, seed: int = 0, config=None, lam: float = RIDGE_LAMBDA) -> ExperimentResult:
+    """PRU vs the Newton/influence baseline vs exact retrain, plus the feature injection test."""
+    base = load_dataset(dataset, seed) if isinstance(dataset, str) else dataset
+    forget = parse_forget(forget_spec, base, seed)
+    data = linear_view(base)
+    ids = forget.indices
+    kind = "ridge" if data.task == "regression" else "logistic"
+    X, y = data.X_train, data.y_train
+    theta_o = fit_linear(kind, X, y, lam)
+    t0 = time.perf_counter()
+    prepare(theta_o, X, y)
+    prep_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    r = linear_retrain(theta_o, X, y, ids)
+    t_retrain = time.perf_counter() - t0
+    res = unlearn("pru", theta_o, data, forget, config, seed=seed)
+    t0 = time.perf_counter()
+    nt = newton_delete(theta_o, X, y, ids)
+    t_newton = time.perf_counter() - t0
+
+    # Feature injection test, without intercept: on the deleted rows an intercept column and the
+    # injected all-ones column coincide, so no method working from those rows could tell them apart.
+    Xi, yi = inject_feature(X, y, ids, data.task)
+    yi_c = yi - yi[np.setdiff1d(np.arange(len(yi)), ids)].mean() if data.task == "regression" else yi
+    inj = fit_linear(kind, Xi, yi_c, lam, fit_intercept=False)
+    prepare(inj, Xi, yi_c)
+    fit_pru = feature_injection_ratio(pru_delete(inj, ids).theta, inj.theta)
+    fit_newton = feature_injection_ratio(newton_delete(inj, Xi, yi_c, ids).theta, inj.theta)
+    fit_retrain = feature_injection_ratio(linear_retrain(inj, Xi, yi_c, ids).theta, inj.theta)
+
+    score = "R2" if kind == "ridge" else "TA"
+
+    def row(model: LinearModel, secs, fit_ratio):
+        out = {"L2_to_retrain": relative_l2(model.theta, theta_o.theta, r.theta), score: model.score(data.X_test, data.y_test), "FIT": fit_ratio}
+        if secs is not None:
+            out |= {"seconds": secs, "speedup": t_retrain / secs}
+        return out
+
+    rows = {
+        "original": row(theta_o, None, 1.0),
+        "retrain": row(r, t_retrain, fit_retrain),
+        "newton": row(nt, t_newton, fit_newton),
+        "pru": row(res.model, res.seconds, fit_pru),
+    }
+    stats = {"model": kind, "lambda": lam, "prepare_seconds": prep_s, "k": len(ids), "d": int(X.shape[1]) + 1}
+    if kind == "logistic":
+        stats["task"] = "binary: odd vs even class id"
+    return ExperimentResult("pru", base.name, forget_spec, seed, len(ids), rows, stats, {"pru": res.model, "retrain": r, "original": theta_o})
+
+
+def run_experiment(method: str, dataset: str, forget_spec: str, seed: int = 0, config=None) -> ExperimentResult:
+    spec = get_method(method)
+    if spec.model_kind == "linear":
+        return run_pru(dataset, forget_spec, seed, config)
+    data = load_dataset(dataset, seed)
+    if not data.is_classification:
+        raise EraseError(f"{method} needs a classification dataset; {dataset!r} is {data.task} (use pru)")
+    sc = prepare_scenario(data, forget_spec, seed)
+    if spec.model_kind == "sisa":
+        return run_sisa(sc, config)
+    return run_torch_method(sc, method, config)
+
+
+# ---- reporting ---------------------------------------------------------------------------------
+
+COLUMNS = ["UA", "RA", "TA", "MIA", "TA_forget", "TA_remain", "AvgGap", "L2_to_retrain", "R2", "FIT", "seconds", "speedup"]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if np.isnan(v):
+            return "-"
+        return f"{v:.3g}" if abs(v) < 0.01 and v != 0 else f"{v:.2f}"
+    return str(v)
+
+
+def markdown_table(rows: dict[str, dict[str, float]], columns: list[str] | None = None) -> str:
+    cols = [c for c in (columns or COLUMNS) if any(c in r for r in rows.values())]
+    lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(r[c]) if c in r else "" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def save_outputs(result: ExperimentResult, out: str | Path) -> list[Path]:
+    """metrics.json and the unlearned model as safetensors (temp file, then rename)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    model = result.models.get(result.method)
+    meta = {"method": result.method, "dataset": result.dataset, "forget": result.forget, "seed": result.seed}
+    if isinstance(model, torch.nn.Module):
+        written.append(save_model(out / "model.safetensors", model, meta))
+    elif isinstance(model, SISAModel):
+        written.append(save_tensors(out / "model.safetensors", model.state_dict(), meta | {"model_class": "SISAModel"}))
+    elif isinstance(model, LinearModel):
+        written.append(save_tensors(out / "model.safetensors", {"theta": torch.as_tensor(model.theta)}, meta | {"model_class": f"LinearModel/{model.kind}"}))
+    path = out / "metrics.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result.to_json(), indent=2, default=_json_default) + "\n")
+    tmp.replace(path)
+    written.append(path)
+    return written
+
+
+def _clean(o):
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, (float, np.floating)):
+        return None if np.isnan(o) else float(o)
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    return o
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+__all__ = ["run_experiment", "prepare_scenario", "run_torch_method", "run_sisa", "run_pru", "markdown_table", "save_outputs", "METHODS"]

@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Unlearn part of a classifier's training set and print the metrics table.
+
+    python scripts/unlearn.py --method boundary-shrink --dataset digits --forget class:3
+    python scripts/unlearn.py --method salun --dataset digits --forget random:0.1 --out runs/salun
+    python scripts/unlearn.py --method pru --dataset diabetes --forget k:10
+    python scripts/unlearn.py --method sisa --dataset digits --forget indices:ids.txt --seed 1
+
+--forget: class:C | random:FRACTION | k:COUNT | indices:FILE (one training index per line).
+--config: a YAML file of method options (see configs/classifier/); --set key=value overrides.
+Writes metrics.json (and model.safetensors) to --out (default runs/unlearn/METHOD-DATASET).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from erase.errors import EraseError  # noqa: E402
+
+
+def _parse_value(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_overrides(config_file: str | None, sets: list[str]) -> dict:
+    import yaml
+
+    out: dict = {}
+    if config_file:
+        p = Path(config_file)
+        if not p.is_file():
+            raise EraseError(f"config file not found: {config_file}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise EraseError(f"config file {config_file} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise EraseError(f"config file {config_file} must hold a mapping of options")
+        out.update(data)
+    for item in sets:
+        if "=" not in item:
+            raise EraseError(f"malformed --set {item!r}; use key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = _parse_value(v)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from erase.classifier import DATASETS, METHODS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
+    p.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS)}")
+    p.add_argument("--forget", required=True, help="class:C | random:FRACTION | k:COUNT | indices:FILE")
+    p.add_argument("--out", default=None, help="output folder (default runs/unlearn/METHOD-DATASET)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, forget set, models and method")
+    p.add_argument("--config", default=None, help="YAML file of method options")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one method option")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    args = p.parse_args(argv)
+    try:
+        import torch
+
+        from erase.classifier import get_method, make_config
+        from erase.classifier.experiment import markdown_table, run_experiment, save_outputs
+
+        torch.set_num_threads(max(1, args.threads))
+        get_method(args.method)
+        if args.dataset not in DATASETS:
+            raise EraseError(f"unknown dataset {args.dataset!r}; choose from {', '.join(DATASETS)}")
+        config = make_config(args.method, load_overrides(args.config, args.set))
+        result = run_experiment(args.method, args.dataset, args.forget, seed=args.seed, config=config)
+    except EraseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{result.method} on {result.dataset}, forget {result.forget} ({result.n_forget} samples), seed {result.seed}\n")
+    print(markdown_table(result.rows))
+    if result.stats:
+        print("\n" + json.dumps(result.stats, default=str))
+    out = Path(args.out) if args.out else Path("runs") / "unlearn" / f"{args.method}-{args.dataset}"
+    for path in save_outputs(result, out):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
