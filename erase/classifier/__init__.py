@@ -150,7 +150,7 @@ def make_config(method: str, overrides: dict | None = None):
 def check_model(spec: MethodSpec, model, data: Dataset) -> None:
     if spec.model_kind == "linear":
         if not isinstance(model, LinearModel):
-            raise EraseError(f"{spec.name} needs a linear model (ridge or logistic regression), got {type(model).__name__}")
+            raise EraseError(f"PRU needs a linear model (ridge or logistic regression), got {type(model).__name__}")
         return
     if not data.is_classification:
         raise EraseError(f"{spec.name} needs a classification dataset; {data.name!r} is {data.task}")

@@ -1,0 +1,120 @@
+"""Bad input: a clear EraseError naming the bad value; the CLI prints `error: ...`, exits non-zero, writes nothing."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from erase.classifier import make_config, unlearn
+from erase.classifier.data import load_dataset, parse_forget, validate_indices
+from erase.classifier.models import MLP
+from erase.classifier.sisa import uniform_assignment
+from erase.errors import EraseError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", seed=0)
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("class:12", "unknown class 12"),
+        ("class:-1", "unknown class -1"),
+        ("class:three", "malformed forget spec 'class:three'"),
+        ("random:1.5", "forget fraction 1.5"),
+        ("random:0", "forget fraction 0"),
+        ("k:0", "empty"),
+        ("k:99999", "k = 99999"),
+        ("banana", "malformed forget spec 'banana'"),
+        ("colour:3", "unknown kind 'colour'"),
+        ("indices:/nonexistent/ids.txt", "not found: /nonexistent/ids.txt"),
+    ],
+)
+def test_bad_forget_specs(digits, spec, match):
+    with pytest.raises(EraseError, match=match):
+        parse_forget(spec, digits)
+
+
+def test_bad_index_files(digits, tmp_path):
+    f = tmp_path / "ids.txt"
+    f.write_text("1\n2\n99999\n")
+    with pytest.raises(EraseError, match="index 99999 is out of range"):
+        parse_forget(f"indices:{f}", digits)
+    f.write_text("")
+    with pytest.raises(EraseError, match="empty"):
+        parse_forget(f"indices:{f}", digits)
+    f.write_text("1 two 3")
+    with pytest.raises(EraseError, match="'two'"):
+        parse_forget(f"indices:{f}", digits)
+    f.write_text("\n".join(map(str, range(digits.n_train))))
+    with pytest.raises(EraseError, match="whole training set"):
+        parse_forget(f"indices:{f}", digits)
+
+
+def test_bad_indices_and_models(digits):
+    model = MLP(64, 10)
+    with pytest.raises(EraseError, match="empty"):
+        unlearn("salun", model, digits, [])
+    with pytest.raises(EraseError, match="index -3"):
+        unlearn("boundary-shrink", model, digits, [-3])
+    with pytest.raises(EraseError, match="whole training set"):
+        unlearn("retrain", model, digits, np.arange(digits.n_train))
+    with pytest.raises(EraseError, match="unknown method 'forget-it'"):
+        unlearn("forget-it", model, digits, [1])
+    with pytest.raises(EraseError, match="PRU needs a linear model"):
+        unlearn("pru", model, digits, [1])
+    with pytest.raises(EraseError, match="classification dataset; 'diabetes'"):
+        unlearn("salun", model, load_dataset("diabetes"), [1])
+    with pytest.raises(EraseError, match="S=20 shards.*10"):
+        uniform_assignment(10, 20, 2)
+    with pytest.raises(EraseError, match="unknown dataset 'mnist'"):
+        load_dataset("mnist")
+    with pytest.raises(EraseError, match="unknown option 'learning_rate'"):
+        make_config("salun", {"learning_rate": 1})
+    with pytest.raises(EraseError, match="class-wise forgetting needs a classification dataset"):
+        parse_forget("class:1", load_dataset("diabetes"))
+
+
+def _cli():
+    spec = importlib.util.spec_from_file_location("unlearn_cli", ROOT / "scripts" / "unlearn.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--method", "nope", "--dataset", "digits", "--forget", "class:3"], "unknown method 'nope'"),
+        (["--method", "salun", "--dataset", "cifar", "--forget", "class:3"], "unknown dataset 'cifar'"),
+        (["--method", "salun", "--dataset", "digits", "--forget", "class3"], "malformed forget spec 'class3'"),
+        (["--method", "salun", "--dataset", "digits", "--forget", "class:10"], "unknown class 10"),
+        (["--method", "boundary-shrink", "--dataset", "diabetes", "--forget", "k:3"], "classification dataset"),
+        (["--method", "sisa", "--dataset", "digits", "--forget", "k:3", "--set", "shards=5000"], "S=5000"),
+        (["--method", "salun", "--dataset", "digits", "--forget", "k:3", "--set", "lr"], "malformed --set 'lr'"),
+    ],
+)
+def test_cli_errors_write_nothing(tmp_path, capsys, args, match):
+    out = tmp_path / "out"
+    rc = _cli()(args + ["--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert err.startswith("error: ") and match in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_cli_writes_metrics_and_safetensors(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "run"
+    assert _cli()(["--method", "pru", "--dataset", "diabetes", "--forget", "k:10", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| pru |" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["rows"]["pru"]["L2_to_retrain"] < 1.0
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.tmp"))
