@@ -20,7 +20,7 @@ class ModelConfig:
     image_size: int = SIZE
     vae_channels: tuple[int, ...] = (32, 64)  # one downsampling: 32 px -> 16 x 16 latents
     latent_channels: int = 4
-    unet_channels: tuple[int, ...] = (64, 128)
+    unet_channels: tuple[int, ...] = (32, 64, 128)  # latents 16 -> 8 -> 4
     unet_layers_per_block: int = 1
     unet_attention_head_dim: int = 8
     text_width: int = 64
@@ -44,8 +44,9 @@ def unet_config(cfg: ModelConfig) -> dict:
     return dict(
         sample_size=cfg.image_size // 2 ** (len(cfg.vae_channels) - 1),
         in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
-        down_block_types=("CrossAttnDownBlock2D",) * n,
-        up_block_types=("CrossAttnUpBlock2D",) * n,
+        # Cross-attention everywhere but the 16 x 16 level (three times faster on a CPU).
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
         block_out_channels=tuple(cfg.unet_channels), layers_per_block=cfg.unet_layers_per_block,
         cross_attention_dim=cfg.text_width, attention_head_dim=cfg.unet_attention_head_dim,
         norm_num_groups=32,
