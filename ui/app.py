@@ -1,0 +1,169 @@
+"""The Blocks layout: a concept-erasure tab and a classifier-unlearning tab.
+
+    demo = build_app(model=None)     # None: the bundled toy-world model
+    demo.queue(default_concurrency_limit=1).launch()
+
+All heavy events share the concurrency group "engine" (one job at a time across every tab);
+"Cancel" runs outside the queue so it can reach a running job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from ui.diffusion import METRIC_COLUMNS, DiffusionCallbacks
+from ui.settings import all_settings, make_widget
+from ui.state import ModelCache, Session, close_session
+
+ENGINE = dict(concurrency_id="engine", concurrency_limit=1)
+
+CSS = """
+.pixelated img { image-rendering: pixelated; }
+#erase-status { min-height: 2em; }
+"""
+
+HELP = """# erase: make a model forget
+Load a model, pick concepts and a method, erase, and compare the same prompts and seeds before and
+after. The base model is never modified: each tab keeps only its own change (a delta) and swaps it
+in to render. Export the delta or the whole erased model when you like the result."""
+
+
+def build_app(model: str | None = None, *, cache: ModelCache | None = None, work_root: str | Path | None = None,
+              classifier: bool = True) -> gr.Blocks:
+    """Build the app; ``model`` pre-fills the model box and is loaded when a tab opens."""
+    from erase import methods
+
+    cache = cache or ModelCache()
+    method_names = methods.available()
+    settings = all_settings(method_names)
+    cb = DiffusionCallbacks(cache, settings, Path(work_root) if work_root else None)
+
+    with gr.Blocks(title="erase") as demo:
+        session = gr.State(Session(), delete_callback=close_session)
+        gr.Markdown(HELP)
+        with gr.Tab("Concept erasure (diffusion)", id="diffusion"):
+            with gr.Row(equal_height=True):
+                model_box = gr.Textbox(
+                    value=model or "", label="Model", scale=4, elem_id="model-box",
+                    placeholder="empty: the bundled toy-world model · a diffusers folder · a .safetensors file · a Hub id",
+                )
+                load_btn = gr.Button("Load model", scale=1, elem_id="load-btn")
+            model_status = gr.Markdown("No model loaded yet.", elem_id="model-status")
+
+            with gr.Row():
+                with gr.Column(scale=2):
+                    concepts = gr.Dropdown(
+                        choices=[], value=[], multiselect=True, allow_custom_value=True, label="Concepts to forget",
+                        info="type a concept and press Enter (several allowed); the bundled model's concepts are suggested",
+                        elem_id="concepts",
+                    )
+                    method = gr.Radio(method_names, value="salun" if "salun" in method_names else method_names[0],
+                                      label="Method", elem_id="method")
+                    summaries = {m: methods.get(m).summary for m in method_names}
+                    method_info = gr.Markdown(summaries.get(method.value, ""))
+                with gr.Column(scale=3):
+                    widgets = []
+                    groups = {}
+                    for m in method_names:
+                        own = [s for s in settings if s.method == m]
+                        with gr.Column(visible=(m == method.value)) as group:
+                            gr.Markdown(f"**{m} settings** (papers' defaults; toy-world presets on the bundled model)")
+                            main = [s for s in own if s.main]
+                            advanced = [s for s in own if not s.main]
+                            by_name = {}
+                            with gr.Row():
+                                for s in main:
+                                    by_name[s.name] = make_widget(s)
+                            with gr.Accordion("Advanced settings", open=False):
+                                for s in advanced:
+                                    by_name[s.name] = make_widget(s)
+                            widgets += [by_name[s.name] for s in own]
+                        groups[m] = group
+            with gr.Row():
+                erase_btn = gr.Button("Erase", variant="primary", elem_id="erase-btn")
+                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
+            erase_status = gr.Markdown("", elem_id="erase-status")
+            with gr.Accordion("Run statistics", open=False):
+                stats = gr.JSON(label="stats")
+
+            gr.Markdown("## Compare: same prompts, same seeds")
+            with gr.Row():
+                n_prompts = gr.Number(3, precision=0, minimum=1, maximum=16, label="Prompts per group", elem_id="n-prompts")
+                seeds = gr.Textbox("0, 1", label="Seeds", elem_id="seeds")
+                steps = gr.Number(25, precision=0, minimum=1, label="Sampling steps", elem_id="sample-steps")
+                guidance = gr.Number(7.5, label="Guidance scale", elem_id="guidance")
+                score = gr.Checkbox(True, label="Score with the judge (bundled model)", elem_id="score")
+            with gr.Row():
+                compare_btn = gr.Button("Render comparison", elem_id="compare-btn")
+                heat_btn = gr.Button("Show heat maps", elem_id="heat-btn")
+            gallery_kw = dict(columns=4, height="auto", format="png", object_fit="contain", elem_classes=["pixelated"])
+            gr.Markdown("**Prompts naming the concept** (should change)")
+            with gr.Row():
+                concept_before = gr.Gallery(label="original", elem_id="concept-before", **gallery_kw)
+                concept_after = gr.Gallery(label="erased", elem_id="concept-after", **gallery_kw)
+            gr.Markdown("**Unrelated prompts** (should stay)")
+            with gr.Row():
+                kept_before = gr.Gallery(label="original", elem_id="kept-before", **gallery_kw)
+                kept_after = gr.Gallery(label="erased", elem_id="kept-after", **gallery_kw)
+            with gr.Row():
+                slider = gr.ImageSlider(label="first concept prompt: original | erased", type="pil", format="png",
+                                        elem_id="slider", elem_classes=["pixelated"])
+                with gr.Column():
+                    metrics = gr.Dataframe(headers=METRIC_COLUMNS, label="Judge scores (this run)", elem_id="metrics",
+                                           interactive=False)
+                    metrics_note = gr.Markdown("")
+            gr.Markdown("## Where the concept lives: cross-attention to its tokens (one colour scale for before and after)")
+            heat = gr.Gallery(label="attention heat maps", columns=4, height="auto", format="png",
+                              elem_id="heatmaps", elem_classes=["pixelated"])
+
+            gr.Markdown("## Export")
+            with gr.Row():
+                delta_btn = gr.Button("Export delta (.safetensors)", elem_id="delta-btn")
+                folder_btn = gr.Button("Export diffusers folder (.zip)", elem_id="folder-btn")
+            with gr.Row():
+                delta_file = gr.File(label="delta", elem_id="delta-file")
+                folder_file = gr.File(label="diffusers folder", elem_id="folder-file")
+
+        if classifier:
+            with gr.Tab("Classifier unlearning (digits)", id="classifier"):
+                from ui.classifier_tab import build_classifier_tab
+
+                build_classifier_tab(session)
+
+        # ---- events ----
+        def on_method(m):
+            return [gr.update(visible=(k == m)) for k in groups] + [summaries.get(m, "")]
+
+        method.change(on_method, method, [*groups.values(), method_info], queue=False, api_name="show_method", api_visibility="private")
+
+        load_outputs = [model_status, concepts, steps, guidance, *widgets]
+        load_ev = dict(fn=cb.load_model, inputs=[model_box, session], outputs=load_outputs, **ENGINE)
+        load_btn.click(api_name="load_model", **load_ev)
+        model_box.submit(api_name="load_model_submit", api_visibility="private", **load_ev)
+        demo.load(api_name="load_model_on_open", api_visibility="private", **load_ev)
+
+        compare_inputs = [session, n_prompts, seeds, steps, guidance, score]
+        compare_outputs = [concept_before, concept_after, kept_before, kept_after, slider, metrics, metrics_note]
+        heat_inputs = [session, seeds, steps]
+        erased = erase_btn.click(cb.erase, [session, concepts, method, *widgets], [erase_status, stats],
+                                 api_name="erase", **ENGINE)
+        erased.success(cb.compare, compare_inputs, compare_outputs, api_name="compare_after_erase",
+                       api_visibility="private", **ENGINE).success(
+            cb.heatmaps, heat_inputs, heat, api_name="heatmaps_after_erase", api_visibility="private", **ENGINE)
+        cancel_btn.click(cb.cancel, session, erase_status, queue=False, api_name="cancel")
+        compare_btn.click(cb.compare, compare_inputs, compare_outputs, api_name="compare", **ENGINE)
+        heat_btn.click(cb.heatmaps, heat_inputs, heat, api_name="heatmaps", **ENGINE)
+        delta_btn.click(cb.export_delta, session, delta_file, api_name="export_delta", **ENGINE)
+        folder_btn.click(cb.export_folder, session, folder_file, api_name="export_folder", **ENGINE)
+
+    demo.erase_callbacks = cb  # for tests and embedding
+    demo.erase_settings = settings
+    demo.erase_cache = cache
+    return demo
+
+
+def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None, share: bool = False, **kw):
+    demo.queue(default_concurrency_limit=1)
+    return demo.launch(server_name=host, server_port=port, share=share, css=CSS, **kw)

@@ -1,0 +1,104 @@
+"""Server-side state of the app: one pipeline per model (shared, never left modified), one
+``Session`` per browser tab (its own erasure result and cancel flag), one lock for the engine.
+
+Every callback that runs a pipeline takes ``ENGINE_LOCK``; the erased weights are only ever
+swapped in inside ``with result.applied(pipe):`` while that lock is held, so two tabs never see
+each other's weights.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+BUNDLED = "bundled"
+
+# The engine (training, sampling, weight swaps) runs one job at a time across all sessions.
+ENGINE_LOCK = threading.RLock()
+
+
+def model_key(model: str | None) -> str:
+    """Canonical cache key of what the user typed: '' / None / 'bundled' -> 'bundled'."""
+    text = (model or "").strip()
+    if text.lower() in ("", BUNDLED, "toyworld", "bundled:toyworld"):
+        return BUNDLED
+    return text
+
+
+class ModelCache:
+    """Pipelines loaded once per model and shared read-only by every session.
+
+    At most ``max_models`` stay in memory (least recently used first out); a session whose model
+    was dropped gets it reloaded on its next use.
+    """
+
+    def __init__(self, max_models: int = 2, loader: Callable | None = None):
+        self.max_models = max(1, int(max_models))
+        self._pipes: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loader = loader
+
+    def _load(self, key: str):
+        if self._loader is not None:
+            return self._loader(None if key == BUNDLED else key)
+        from erase.models import load_pipeline
+
+        return load_pipeline(None if key == BUNDLED else key)
+
+    def get(self, model: str | None):
+        key = model_key(model)
+        with self._lock:
+            if key in self._pipes:
+                self._pipes.move_to_end(key)
+                return self._pipes[key]
+            pipe = self._load(key)  # EraseError propagates; nothing is cached on failure
+            self._pipes[key] = pipe
+            while len(self._pipes) > self.max_models:
+                self._pipes.popitem(last=False)
+            return pipe
+
+    def loaded(self) -> list[str]:
+        return list(self._pipes)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pipes.clear()
+
+
+class Session:
+    """What one browser tab owns: the model it chose and its own erasure (a delta, not weights).
+
+    A plain class (not a dataclass): Gradio serialises dataclass state values into its config.
+    """
+
+    def __init__(self):
+        self.model: str | None = None  # cache key of the loaded model; None until one is loaded
+        self.result = None  # erase.api.ErasureResult of the last finished erasure
+        self.cancel = threading.Event()  # set by the Cancel button, checked in the progress callback
+        self.workdir: Path | None = None  # exports of this session
+
+    def __deepcopy__(self, memo):  # gr.State deep-copies its initial value for each new tab
+        return Session()
+
+    def folder(self, root: Path | None = None) -> Path:
+        if self.workdir is None or not self.workdir.exists():
+            base = root or Path(tempfile.gettempdir()) / "erase-app"
+            base.mkdir(parents=True, exist_ok=True)
+            self.workdir = Path(tempfile.mkdtemp(prefix="session-", dir=base))
+        return self.workdir
+
+    def close(self) -> None:
+        """Drop the result and the exports (gr.State's delete callback, when the tab goes away)."""
+        self.result = None
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+
+def close_session(session: Session | None) -> None:
+    if isinstance(session, Session):
+        session.close()
