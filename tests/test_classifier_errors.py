@@ -118,3 +118,16 @@ def test_cli_writes_metrics_and_safetensors(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["rows"]["pru"]["L2_to_retrain"] < 1.0
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.tmp"))
+
+
+def test_yaml_configs_mirror_the_dataclasses():
+    import dataclasses
+
+    import yaml
+
+    from erase.classifier import METHODS
+
+    for name, spec in METHODS.items():
+        data = yaml.safe_load((ROOT / "configs" / "classifier" / f"{name}.yaml").read_text())
+        assert make_config(name, data) == spec.config_cls(), name
+        assert set(data) == {f.name for f in dataclasses.fields(spec.config_cls)}, name

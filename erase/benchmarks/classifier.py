@@ -123,7 +123,19 @@ def _sisa_table(sisa_rows, seeds) -> str:
         f"| uniform | {uni['expected_shards_hit']:.2f} | {uni['expected_samples_in_hit_shards']:.0f} |\n"
         f"| distribution-aware | {aware['expected_shards_hit']:.2f} | {aware['expected_samples_in_hit_shards']:.0f} |"
     )
-    return "\n".join(lines) + "\n\n" + dist
+    # accuracy against the number of shards (the price of sharding)
+    from erase.classifier.data import load_dataset
+    from erase.classifier.experiment import mlp_for
+    from erase.classifier.sisa import SISAModel
+
+    data = load_dataset("digits", seed=0)
+    acc = []
+    for S in (1, 5, 10, 20):
+        cfg = SISA_CFG.__class__(shards=S, slices=4, aggregation="softmax")
+        model = SISAModel(mlp_for(data), cfg, seed=0).fit(data.X_train, data.y_train)
+        acc.append(f"| {S} | {100 * float((model.predict(data.X_test) == data.y_test).mean()):.2f} |")
+    by_s = "Test accuracy against the number of shards (digits, seed 0, R = 4):\n\n| S | TA |\n|---|---|\n" + "\n".join(acc)
+    return "\n".join(lines) + "\n\n" + dist + "\n\n" + by_s
 
 
 def _pru_table(seeds) -> str:

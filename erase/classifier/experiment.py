@@ -198,7 +198,9 @@ def run_experiment(method: str, dataset: str, forget_spec: str, seed: int = 0, c
     data = load_dataset(dataset, seed)
     if not data.is_classification:
         raise EraseError(f"{method} needs a classification dataset; {dataset!r} is {data.task} (use pru)")
-    sc = prepare_scenario(data, forget_spec, seed)
+    # retrain's config is the training recipe, shared by the original model it is compared with
+    train = config.train if method == "retrain" and config is not None else None
+    sc = prepare_scenario(data, forget_spec, seed, train=train)
     if spec.model_kind == "sisa":
         return run_sisa(sc, config)
     return run_torch_method(sc, method, config)
