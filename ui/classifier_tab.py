@@ -47,7 +47,7 @@ def parse_options(text: str) -> dict:
         if not line or line.startswith("#"):
             continue
         if "=" not in line:
-            raise gr.Error(f"option {line!r} is not key=value", title="Bad options")
+            raise gr.Error(f"option {line!r} is not key=value", title="Bad options", print_exception=False)
         key, value = line.split("=", 1)
         try:
             out[key.strip()] = yaml.safe_load(value.strip())

@@ -60,9 +60,9 @@ def parse_seeds(text) -> list[int]:
     try:
         seeds = [int(p) for p in parts]
     except ValueError:
-        raise gr.Error(f"seeds must be whole numbers separated by commas, got {text!r}", title="Bad seeds") from None
+        raise gr.Error(f"seeds must be whole numbers separated by commas, got {text!r}", title="Bad seeds", print_exception=False) from None
     if not seeds:
-        raise gr.Error("give at least one seed (e.g. 0, 1)", title="Bad seeds")
+        raise gr.Error("give at least one seed (e.g. 0, 1)", title="Bad seeds", print_exception=False)
     return seeds
 
 
@@ -109,7 +109,7 @@ class DiffusionCallbacks:
     # ---- model -------------------------------------------------------------------------
     def pipe_for(self, session: Session):
         if session.model is None:
-            raise gr.Error("load a model first", title="No model")
+            raise gr.Error("load a model first", title="No model", print_exception=False)
         with user_errors("load the model"):
             return self.cache.get(session.model)
 
@@ -183,7 +183,7 @@ class DiffusionCallbacks:
     # ---- compare -----------------------------------------------------------------------
     def _result(self, session: Session):
         if session.result is None:
-            raise gr.Error("erase a concept first", title="Nothing to compare")
+            raise gr.Error("erase a concept first", title="Nothing to compare", print_exception=False)
         return session.result
 
     def comparison_prompts(self, pipe, result, n_prompts: int) -> tuple[list[str], list[str]]:
