@@ -121,12 +121,10 @@ def distribution_aware_assignment(
     back = np.zeros((shards, n + 1), dtype=np.int64)
     for s in range(shards):
         new = np.full(n + 1, np.inf)
-        lo_j = (s + 1) * m
-        hi_j = n - (shards - 1 - s) * m
-        for j in range(lo_j, hi_j + 1):
-            i = np.arange(s * m, j - m + 1)
-            if s == shards - 1 and j != n:
-                continue
+        # shard s ends at j; the last shard must end at n; every shard keeps >= m points
+        ends = [n] if s == shards - 1 else range((s + 1) * m, n - (shards - 1 - s) * m + 1)
+        for j in ends:
+            i = np.arange(s * m, j - m + 1)  # where shard s starts
             cost = dp[i] + (1.0 - np.exp(cum[j] - cum[i])) * (j - i)
             k = int(np.argmin(cost))
             new[j], back[s, j] = cost[k], i[k]
