@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the split, forget set, models and method")
     p.add_argument("--config", default=None, help="YAML file of method options")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one method option")
+    p.add_argument("--deletion-probabilities", default=None, metavar="FILE",
+                   help="SISA with --set sharding=distribution: one deletion probability per training sample")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = p.parse_args(argv)
     try:
@@ -79,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.dataset not in DATASETS:
             raise EraseError(f"unknown dataset {args.dataset!r}; choose from {', '.join(DATASETS)}")
         config = make_config(args.method, load_overrides(args.config, args.set))
-        result = run_experiment(args.method, args.dataset, args.forget, seed=args.seed, config=config)
+        result = run_experiment(
+            args.method, args.dataset, args.forget, seed=args.seed, config=config,
+            deletion_probabilities=args.deletion_probabilities,
+        )
     except EraseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

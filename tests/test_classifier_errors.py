@@ -78,6 +78,10 @@ def test_bad_indices_and_models(digits):
         make_config("salun", {"learning_rate": 1})
     with pytest.raises(EraseError, match="class-wise forgetting needs a classification dataset"):
         parse_forget("class:1", load_dataset("diabetes"))
+    from erase.classifier.experiment import prepare_scenario
+
+    with pytest.raises(EraseError, match="'diabetes' is regression"):
+        prepare_scenario("diabetes", "k:3")
 
 
 def _cli():
@@ -97,6 +101,9 @@ def _cli():
         (["--method", "boundary-shrink", "--dataset", "diabetes", "--forget", "k:3"], "classification dataset"),
         (["--method", "sisa", "--dataset", "digits", "--forget", "k:3", "--set", "shards=5000"], "S=5000"),
         (["--method", "salun", "--dataset", "digits", "--forget", "k:3", "--set", "lr"], "malformed --set 'lr'"),
+        (["--method", "sisa", "--dataset", "digits", "--forget", "k:3", "--set", "sharding=distribution"], "needs per-sample deletion probabilities"),
+        (["--method", "sisa", "--dataset", "digits", "--forget", "k:3", "--deletion-probabilities", "/nonexistent/p.txt"], "not found: /nonexistent/p.txt"),
+        (["--method", "salun", "--dataset", "digits", "--forget", "k:3", "--deletion-probabilities", "p.txt"], "SISA option"),
     ],
 )
 def test_cli_errors_write_nothing(tmp_path, capsys, args, match):
@@ -131,3 +138,21 @@ def test_yaml_configs_mirror_the_dataclasses():
         data = yaml.safe_load((ROOT / "configs" / "classifier" / f"{name}.yaml").read_text())
         assert make_config(name, data) == spec.config_cls(), name
         assert set(data) == {f.name for f in dataclasses.fields(spec.config_cls)}, name
+
+
+def test_cli_distribution_aware_sisa(tmp_path, capsys):
+    import json
+
+    n = load_dataset("digits", seed=0).n_train
+    probs = tmp_path / "p.txt"
+    probs.write_text("0.5\n" * 3 + "0.001\n" * (n - 3))
+    out = tmp_path / "run"
+    args = ["--method", "sisa", "--dataset", "digits", "--forget", "k:1", "--set", "sharding=distribution",
+            "--set", "epochs_per_slice=2", "--out", str(out)]
+    assert _cli()(args + ["--deletion-probabilities", str(probs)]) == 0
+    stats = json.loads((out / "metrics.json").read_text())["stats"]
+    assert stats["exact_match_with_scratch"] is True
+    probs.write_text("0.5\n" * 3)
+    assert _cli()(args + ["--deletion-probabilities", str(probs), "--out", str(tmp_path / "bad")]) != 0
+    assert "has 3 values for" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -80,9 +80,9 @@ def prepare_scenario(dataset: str | Dataset, forget_spec: str, seed: int = 0, tr
     """Load data, parse the forget set, train the original MLP and the retrained reference (timed)."""
     data = load_dataset(dataset, seed) if isinstance(dataset, str) else dataset
     forget = parse_forget(forget_spec, data, seed)
-    sc = Scenario(data, forget, seed, train or TrainConfig())
     if not data.is_classification:
-        return sc
+        raise EraseError(f"the torch classifier methods need a classification dataset; {data.name!r} is {data.task} (use pru)")
+    sc = Scenario(data, forget, seed, train or TrainConfig())
     sc.original = train_classifier(seeded(mlp_for(data), seed), data.X_train, data.y_train, sc.train, seed=seed)
     res = unlearn("retrain", sc.original, data, forget, RetrainConfig(sc.train), seed=seed)
     sc.retrained, sc.retrain_seconds = res.model, res.seconds
@@ -109,12 +109,15 @@ def run_torch_method(sc: Scenario, method: str, config=None) -> ExperimentResult
     return ExperimentResult(method, sc.data.name, sc.forget.spec, sc.seed, len(sc.forget), rows, stats, models)
 
 
-def run_sisa(sc: Scenario, config: SISAConfig | None = None) -> ExperimentResult:
-    """SISA: fit on D, delete D_f; compare with SISA from scratch on D_r (same assignment) and retrain."""
+def run_sisa(sc: Scenario, config: SISAConfig | None = None, deletion_probabilities=None) -> ExperimentResult:
+    """SISA: fit on D, delete D_f; compare with SISA from scratch on D_r (same assignment) and retrain.
+
+    ``deletion_probabilities`` (one per training sample) are needed by ``sharding='distribution'``.
+    """
     cfg = config or SISAConfig()
     data, ids, ref = sc.data, sc.forget.indices, sc.metrics["retrain"]
     factory = mlp_for(data)
-    sisa = SISAModel(factory, cfg, sc.seed).fit(data.X_train, data.y_train)
+    sisa = SISAModel(factory, cfg, sc.seed).fit(data.X_train, data.y_train, deletion_probabilities=deletion_probabilities)
     before = sc.evaluate(sisa.predict_proba)
     res = unlearn("sisa", sisa, data, sc.forget, cfg, seed=sc.seed)
     after = sc.evaluate(sisa.predict_proba)
@@ -191,8 +194,27 @@ def run_pru(dataset: str | Dataset, forget_spec: str, seed: int = 0, config=None
     return ExperimentResult("pru", base.name, forget_spec, seed, len(ids), rows, stats, {"pru": res.model, "retrain": r, "original": theta_o})
 
 
-def run_experiment(method: str, dataset: str, forget_spec: str, seed: int = 0, config=None) -> ExperimentResult:
+def read_probabilities(path: str | Path, n: int) -> np.ndarray:
+    """Per-sample deletion probabilities from a text file (one number per line or whitespace separated)."""
+    p = Path(path)
+    if not p.is_file():
+        raise EraseError(f"deletion probabilities file not found: {path}")
+    try:
+        values = np.array([float(t) for t in p.read_text().replace(",", " ").split()])
+    except ValueError:
+        raise EraseError(f"deletion probabilities file {path} holds a non-number") from None
+    if len(values) != n:
+        raise EraseError(f"deletion probabilities file {path} has {len(values)} values for {n} training samples")
+    return values
+
+
+def run_experiment(
+    method: str, dataset: str, forget_spec: str, seed: int = 0, config=None, deletion_probabilities: str | None = None
+) -> ExperimentResult:
+    """Run one method on one scenario. ``deletion_probabilities``: a file, for SISA's distribution-aware sharding."""
     spec = get_method(method)
+    if deletion_probabilities is not None and spec.model_kind != "sisa":
+        raise EraseError(f"deletion probabilities are a SISA option; {method} does not use them")
     if spec.model_kind == "linear":
         return run_pru(dataset, forget_spec, seed, config)
     data = load_dataset(dataset, seed)
@@ -202,7 +224,8 @@ def run_experiment(method: str, dataset: str, forget_spec: str, seed: int = 0, c
     train = config.train if method == "retrain" and config is not None else None
     sc = prepare_scenario(data, forget_spec, seed, train=train)
     if spec.model_kind == "sisa":
-        return run_sisa(sc, config)
+        probs = read_probabilities(deletion_probabilities, data.n_train) if deletion_probabilities else None
+        return run_sisa(sc, config, probs)
     return run_torch_method(sc, method, config)
 
 
