@@ -13,6 +13,7 @@ files are never touched (the erased weights are swapped into the in-memory pipel
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -36,6 +37,8 @@ def atomic_path(final: str | Path, overwrite: bool = False):
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
+        if tmp.is_file():
+            os.chmod(tmp, 0o644)  # safetensors writes 0600; exports are meant to be shared
         if final.exists():
             old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
             final.rename(old)
@@ -69,7 +72,9 @@ def export_diffusers(pipe, result: ErasureResult | None, folder: str | Path, ove
     from contextlib import nullcontext
 
     with atomic_path(folder, overwrite) as tmp:
-        with result.applied(pipe) if result is not None else nullcontext(), _fp32_components(pipe):
+        from erase.models import _quiet_libraries
+
+        with result.applied(pipe) if result is not None else nullcontext(), _fp32_components(pipe), _quiet_libraries():
             pipe.save_pretrained(str(tmp), safe_serialization=True)
         if result is not None:
             (tmp / "erase.json").write_text(json.dumps(result.metadata(), indent=2))

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +124,51 @@ def _resolve(model: str | os.PathLike | None) -> tuple[str, str]:
     return "hub", text
 
 
+@contextmanager
+def _quiet_libraries():
+    """Silence diffusers'/transformers' loading bars and warnings while loading."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    saved = dlog.get_verbosity(), tlog.get_verbosity()
+    dlog.set_verbosity_error(), tlog.set_verbosity_error()
+    dlog.disable_progress_bar(), tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(saved[0]), tlog.set_verbosity(saved[1])
+        dlog.enable_progress_bar(), tlog.enable_progress_bar()
+
+
+def _load(kind: str, location: str, config, local_files_only: bool, common: dict):
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        if kind in ("bundled", "folder"):
+            _check_folder(Path(location))
+            return StableDiffusionPipeline.from_pretrained(location, use_safetensors=True, local_files_only=True, **common)
+        if kind == "single-file":
+            _check_single_file(Path(location))
+            kwargs = dict(common, local_files_only=local_files_only)
+            if config is not None:
+                if Path(config).exists():
+                    _check_folder(Path(config))
+                    kwargs["local_files_only"] = True
+                kwargs["config"] = str(config)
+            return StableDiffusionPipeline.from_single_file(location, **kwargs)
+        return StableDiffusionPipeline.from_pretrained(location, use_safetensors=True, local_files_only=local_files_only, **common)
+    except EraseError:
+        raise
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = ""
+        if kind == "hub":
+            hint = " (no such local path; as a Hub id: is it right, and is it cached or the network reachable?)"
+        elif kind == "single-file" and config is None:
+            hint = " (offline? pass config=<a local diffusers folder of the same architecture>)"
+        raise EraseError(f"could not load model {location!r}{hint}: {first}") from None
+
+
 def load_pipeline(
     model: str | os.PathLike | None = None,
     *,
@@ -139,9 +185,6 @@ def load_pipeline(
     Returns a ``StableDiffusionPipeline`` on ``device`` with ``pipe.erase_info`` (a ModelInfo)
     and ``pipe.erase_mixed_precision`` set. Raises EraseError on bad input.
     """
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import logging as dlogging
-
     kind, location = _resolve(model)
     device = torch.device(device) if device is not None else default_device()
     mixed_precision = mixed_precision or default_mixed_precision(device)
@@ -149,39 +192,10 @@ def load_pipeline(
         raise EraseError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {mixed_precision!r}")
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    common = dict(safety_checker=None, requires_safety_checker=False, torch_dtype=torch.float32)
+    common = dict(safety_checker=None, requires_safety_checker=False, dtype=torch.float32)
 
-    verbosity = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()
-    try:
-        if kind in ("bundled", "folder"):
-            _check_folder(Path(location))
-            pipe = StableDiffusionPipeline.from_pretrained(location, use_safetensors=True, local_files_only=True, **common)
-        elif kind == "single-file":
-            _check_single_file(Path(location))
-            kwargs = dict(common, local_files_only=local_files_only)
-            if config is not None:
-                cfg = Path(config)
-                if cfg.exists():
-                    _check_folder(cfg)
-                    kwargs["local_files_only"] = True
-                kwargs["config"] = str(config)
-            pipe = StableDiffusionPipeline.from_single_file(location, **kwargs)
-        else:
-            pipe = StableDiffusionPipeline.from_pretrained(location, use_safetensors=True, local_files_only=local_files_only, **common)
-    except EraseError:
-        raise
-    except (OSError, ValueError, EnvironmentError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = ""
-        if kind == "hub":
-            hint = " (no such local path; as a Hub id: is it right, and is it cached or the network reachable?)"
-        elif kind == "single-file" and config is None:
-            hint = " (offline? pass config=<a local diffusers folder of the same architecture>)"
-        raise EraseError(f"could not load model {location!r}{hint}: {first}") from None
-    finally:
-        dlogging.set_verbosity(verbosity)
-
+    with _quiet_libraries():
+        pipe = _load(kind, location, config, local_files_only, common)
     if type(pipe).__name__ not in SUPPORTED_PIPELINES:
         raise EraseError(f"unsupported pipeline {type(pipe).__name__}; erase supports Stable Diffusion 1.x/2.x")
     pipe.set_progress_bar_config(disable=True)

@@ -17,7 +17,8 @@ import torch
 # as with a real BPE vocabulary.
 WORDS = (
     "a photo of an painting drawing picture by the in style with and cat dog car tree house "
-    "van gogh monet picasso red green blue circle square star church garbage truck parachute"
+    "van gogh monet picasso red green blue circle square star church garbage truck parachute "
+    "on street lake bowl fruit table mountain landscape at sunset portrait woman city skyline night"
 ).split()
 
 

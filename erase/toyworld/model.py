@@ -18,7 +18,7 @@ from erase.toyworld.render import SIZE
 @dataclass
 class ModelConfig:
     image_size: int = SIZE
-    vae_channels: tuple[int, ...] = (32, 64)  # one downsampling: 32 px -> 16 x 16 latents
+    vae_channels: tuple[int, ...] = (16, 32)  # one downsampling: 32 px -> 16 x 16 latents
     latent_channels: int = 4
     unet_channels: tuple[int, ...] = (32, 64, 128)  # latents 16 -> 8 -> 4
     unet_layers_per_block: int = 1
@@ -135,6 +135,10 @@ def save_pipeline(folder: Path, vae, unet, text_encoder, extra: dict | None = No
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     if extra is not None:
         (tmp / "toyworld.json").write_text(json.dumps(extra, indent=2) + "\n")
+    if folder.exists():  # keep what else lives there (the judge)
+        for p in folder.iterdir():
+            if p.is_file() and not (tmp / p.name).exists():
+                shutil.copy2(p, tmp / p.name)
     old = folder.with_name(folder.name + ".old")
     if old.exists():
         shutil.rmtree(old)

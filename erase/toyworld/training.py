@@ -45,14 +45,14 @@ class TrainConfig:
     vae_lr: float = 1e-3
     vae_kl: float = 1e-6
     # diffusion
-    images: int = 40000
-    steps: int = 20000
+    images: int = 30000
+    steps: int = 7000
     batch: int = 64
-    lr: float = 1e-3
+    lr: float = 8e-4
     warmup: int = 300
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
-    ema_decay: float = 0.999
+    ema_decay: float = 0.998
     p_uncond: float = 0.1  # empty caption
     p_partial: float = 0.15  # caption naming a subset of the attributes
     grad_clip: float = 1.0

@@ -1,0 +1,255 @@
+"""Batch erasure from the command line (``python scripts/erase.py``): parsing, progress, output.
+
+One job: load the model, erase, write into a temporary folder beside ``--out`` and rename it
+when everything is written:
+
+    OUT/model/               diffusers folder (StableDiffusionPipeline.from_pretrained)
+    OUT/delta.safetensors    only the changed UNet tensors, with metadata
+    OUT/model.safetensors    single-file checkpoint (original layout)
+    OUT/mask.safetensors     SalUn's saliency mask
+    OUT/grid_concept.png     before/after for prompts naming the concept (same seeds)
+    OUT/grid_retain.png      before/after for unrelated prompts
+    OUT/summary.json         settings, time, peak memory, the method's statistics
+
+A jobs file (YAML) runs many: ``{defaults: {...}, jobs: [{concepts: [...], out: DIR, ...}]}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+from erase.errors import EraseError
+
+JOB_KEYS = {"concepts", "concept", "method", "model", "model_config", "config", "set", "out", "overwrite",
+            "seeds", "exports", "name"}
+EXPORTS = ("diffusers", "delta", "single-file")
+
+
+def parse_value(text: str):
+    """A --set value: int, float (1e-3 too, which YAML 1.1 reads as text), bool/null/list, or text."""
+    import yaml
+
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_sets(pairs: list[str] | None) -> dict:
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise EraseError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+class TqdmProgress:
+    """The engine's progress callback as one tqdm bar per phase."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled, self.bar, self.phase = enabled, None, None
+
+    def __call__(self, done: int, total: int, info: dict) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        phase = info.get("phase", "")
+        if phase != self.phase or self.bar is None:
+            self.close()
+            self.bar, self.phase = tqdm(total=total, desc=phase, unit="step", leave=True), phase
+        self.bar.n = done
+        if "loss" in info:
+            self.bar.set_postfix(loss=f"{info['loss']:.4g}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def peak_memory() -> dict:
+    import torch
+
+    out = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)}
+    if torch.cuda.is_available():
+        out["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+    return out
+
+
+def comparison_grids(pipe, result, concepts, seeds) -> dict:
+    """Before/after grids for concept prompts and unrelated prompts, same seeds."""
+    from erase.evaluation import compare, image_grid
+    from erase.prompts import prompt_source_for
+
+    source = prompt_source_for(pipe, result.config.get("templates"))
+    concept_prompts = [source.concept_prompts(c)[0] for c in concepts]
+    retain = source.retain_prompts(concepts)[: max(2, 4 - len(concepts))]
+    grids = {}
+    for name, prompts in (("concept", concept_prompts), ("retain", retain)):
+        cols = [(p, s) for p in prompts for s in seeds]
+        before, after = compare(pipe, result, [p for p, _ in cols], [s for _, s in cols])
+        grids[name] = image_grid([before, after], ["before", "after"], [f"{p} #{s}" for p, s in cols])
+    return grids
+
+
+def run_job(job: dict, *, progress: bool = True) -> dict:
+    """Run one erasure job (a dict with the CLI's settings); returns its summary."""
+    import torch
+
+    from erase import methods
+    from erase.api import erase_concepts
+    from erase.export import atomic_path, export_delta, export_diffusers, export_single_file
+    from erase.methods import read_yaml
+    from erase.models import load_pipeline
+    from erase.saliency import save_mask
+
+    unknown = set(job) - JOB_KEYS
+    if unknown:
+        raise EraseError(f"unknown job setting(s): {', '.join(sorted(unknown))}")
+    concepts = job.get("concepts") or ([job["concept"]] if job.get("concept") else [])
+    if isinstance(concepts, str):
+        concepts = [concepts]
+    if not concepts:
+        raise EraseError("no concept given (--concept NAME)")
+    if not job.get("out"):
+        raise EraseError("no output folder given (--out DIR)")
+    out = Path(job["out"])
+    overwrite = bool(job.get("overwrite", False))
+    if out.exists() and not overwrite:
+        raise EraseError(f"output folder {out} exists; pass --overwrite to replace it")
+    exports = list(job.get("exports") or EXPORTS)
+    bad = [e for e in exports if e not in EXPORTS]
+    if bad:
+        raise EraseError(f"unknown export {bad[0]!r}; choose from {', '.join(EXPORTS)}")
+    seeds = [int(s) for s in job.get("seeds") or [0, 1]]
+    method = job.get("method") or "salun"
+    config = job.get("config")
+    overrides = read_yaml(config) if isinstance(config, (str, Path)) else dict(config or {})
+    overrides.pop("method", None) if overrides.get("method") in (None, method) else None
+    overrides.update(job.get("set") or {})
+    # settings are checked before the (slow) model load; the bundled model adds its presets
+    methods.load_config(method, overrides, toyworld=job.get("model") in (None, "", "toyworld", "bundled"))
+
+    start = time.perf_counter()
+    pipe = load_pipeline(job.get("model"), config=job.get("model_config"))
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    bar = TqdmProgress(progress)
+    try:
+        result = erase_concepts(pipe, concepts, method, overrides, progress=bar, inplace=False)
+    finally:
+        bar.close()
+    erase_seconds = result.stats["seconds"]
+    memory = peak_memory()
+
+    with atomic_path(out, overwrite) as tmp:
+        tmp.mkdir(parents=True)
+        if "delta" in exports:
+            export_delta(result, tmp / "delta.safetensors")
+        if "diffusers" in exports:
+            export_diffusers(pipe, result, tmp / "model")
+        if "single-file" in exports:
+            export_single_file(pipe, result, tmp / "model.safetensors")
+        if result.mask is not None:
+            save_mask(tmp / "mask.safetensors", result.mask, {"method": result.method, "concepts": result.concepts})
+        grids = comparison_grids(pipe, result, result.concepts, seeds)
+        for name, grid in grids.items():
+            grid.save(tmp / f"grid_{name}.png")
+        summary = {
+            "concepts": result.concepts,
+            "method": result.method,
+            "base_model": result.base_model,
+            "config": result.config,
+            "stats": result.stats,
+            "erase_seconds": erase_seconds,
+            "total_seconds": time.perf_counter() - start,
+            **memory,
+            "device": str(next(pipe.unet.parameters()).device),
+            "mixed_precision": getattr(pipe, "erase_mixed_precision", "no"),
+            "machine": f"{platform.machine()} / torch {torch.__version__}",
+            "exports": exports,
+            "seeds": seeds,
+        }
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def read_jobs(path: str | Path) -> list[dict]:
+    from erase.methods import read_yaml
+
+    data = read_yaml(path)
+    jobs = data.get("jobs")
+    if not isinstance(jobs, list) or not jobs:
+        raise EraseError(f"jobs file {path} needs a non-empty 'jobs:' list")
+    defaults = data.get("defaults") or {}
+    out = []
+    for i, job in enumerate(jobs):
+        if not isinstance(job, dict):
+            raise EraseError(f"job {i} in {path} must be a mapping, got {type(job).__name__}")
+        out.append({**defaults, **job})
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="erase.py",
+        description="Erase concepts from a Stable Diffusion model and export the result.",
+        epilog="Example: python scripts/erase.py --concept circle --method salun --out runs/no-circle",
+    )
+    p.add_argument("--concept", action="append", help="concept to erase (repeat for several)")
+    p.add_argument("--method", default="salun", help="fmn | salun (default: salun)")
+    p.add_argument("--model", help="Hub id, diffusers folder or .safetensors file (default: the bundled toy-world model)")
+    p.add_argument("--model-config", help="for a single-file --model: a diffusers folder (or Hub id) with its component configs")
+    p.add_argument("--config", help="YAML file of method settings (see configs/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one method setting (repeatable)")
+    p.add_argument("--out", help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds of the before/after grids (default: 0 1)")
+    p.add_argument("--exports", nargs="+", choices=EXPORTS, help="what to write (default: all)")
+    p.add_argument("--jobs", help="YAML jobs file: {defaults: {...}, jobs: [{concepts: [...], out: DIR, ...}]}")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # library chatter would bury the progress bars
+    args = build_parser().parse_args(argv)
+    try:
+        if args.jobs:
+            if args.concept:
+                raise EraseError("give either --jobs or --concept, not both")
+            jobs = read_jobs(args.jobs)
+        else:
+            jobs = [{
+                "concepts": args.concept, "method": args.method, "model": args.model, "model_config": args.model_config,
+                "config": args.config, "set": parse_sets(args.set), "out": args.out, "overwrite": args.overwrite,
+                "seeds": args.seeds, "exports": args.exports,
+            }]
+        for i, job in enumerate(jobs):
+            summary = run_job(job, progress=not args.no_progress)
+            print(f"[{i + 1}/{len(jobs)}] erased {', '.join(summary['concepts'])} with {summary['method']} "
+                  f"in {summary['erase_seconds']:.1f} s -> {job['out']}")
+    except EraseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
