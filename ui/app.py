@@ -44,12 +44,12 @@ def build_app(model: str | None = None, *, cache: ModelCache | None = None, work
         session = gr.State(Session(), delete_callback=close_session)
         gr.Markdown(HELP)
         with gr.Tab("Concept erasure (diffusion)", id="diffusion"):
-            with gr.Row(equal_height=True):
+            with gr.Row(equal_height=False):
                 model_box = gr.Textbox(
                     value=model or "", label="Model", scale=4, elem_id="model-box",
                     placeholder="empty: the bundled toy-world model · a diffusers folder · a .safetensors file · a Hub id",
                 )
-                load_btn = gr.Button("Load model", scale=1, elem_id="load-btn")
+                load_btn = gr.Button("Load model", scale=1, elem_id="load-btn", size="md")
             model_status = gr.Markdown("No model loaded yet.", elem_id="model-status")
 
             with gr.Row():
@@ -68,7 +68,7 @@ def build_app(model: str | None = None, *, cache: ModelCache | None = None, work
                     groups = {}
                     for m in method_names:
                         own = [s for s in settings if s.method == m]
-                        with gr.Column(visible=(m == method.value)) as group:
+                        with gr.Column(visible=(m == method.value), elem_id=f"settings-{m}") as group:
                             gr.Markdown(f"**{m} settings** (papers' defaults; toy-world presets on the bundled model)")
                             main = [s for s in own if s.main]
                             advanced = [s for s in own if not s.main]
@@ -76,7 +76,7 @@ def build_app(model: str | None = None, *, cache: ModelCache | None = None, work
                             with gr.Row():
                                 for s in main:
                                     by_name[s.name] = make_widget(s)
-                            with gr.Accordion("Advanced settings", open=False):
+                            with gr.Accordion("Advanced settings", open=False, elem_id=f"advanced-{m}"):
                                 for s in advanced:
                                     by_name[s.name] = make_widget(s)
                             widgets += [by_name[s.name] for s in own]
@@ -98,7 +98,7 @@ def build_app(model: str | None = None, *, cache: ModelCache | None = None, work
             with gr.Row():
                 compare_btn = gr.Button("Render comparison", elem_id="compare-btn")
                 heat_btn = gr.Button("Show heat maps", elem_id="heat-btn")
-            gallery_kw = dict(columns=4, height="auto", format="png", object_fit="contain", elem_classes=["pixelated"])
+            gallery_kw = dict(columns=4, height=260, format="png", object_fit="contain", elem_classes=["pixelated"])
             gr.Markdown("**Prompts naming the concept** (should change)")
             with gr.Row():
                 concept_before = gr.Gallery(label="original", elem_id="concept-before", **gallery_kw)
@@ -108,14 +108,14 @@ def build_app(model: str | None = None, *, cache: ModelCache | None = None, work
                 kept_before = gr.Gallery(label="original", elem_id="kept-before", **gallery_kw)
                 kept_after = gr.Gallery(label="erased", elem_id="kept-after", **gallery_kw)
             with gr.Row():
-                slider = gr.ImageSlider(label="first concept prompt: original | erased", type="pil", format="png",
+                slider = gr.ImageSlider(label="first concept prompt: original | erased", type="pil", format="png", height=320,
                                         elem_id="slider", elem_classes=["pixelated"])
                 with gr.Column():
                     metrics = gr.Dataframe(headers=METRIC_COLUMNS, label="Judge scores (this run)", elem_id="metrics",
                                            interactive=False)
                     metrics_note = gr.Markdown("")
             gr.Markdown("## Where the concept lives: cross-attention to its tokens (one colour scale for before and after)")
-            heat = gr.Gallery(label="attention heat maps", columns=4, height="auto", format="png",
+            heat = gr.Gallery(label="attention heat maps", columns=4, height=300, format="png",
                               elem_id="heatmaps", elem_classes=["pixelated"])
 
             gr.Markdown("## Export")

@@ -1,0 +1,128 @@
+"""The app in headless Chromium: open → (model loads) → pick method and concept → erase → compare.
+
+Needs Debian's ``chromium`` at /usr/bin/chromium and Playwright's Python package (no browser
+download). Saves a screenshot to the test's tmp folder, and also to $ERASE_APP_SCREENSHOT when
+set (``ERASE_APP_SCREENSHOT=docs/app.png pytest -m browser`` refreshes the README's picture).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"headless Chromium not installed at {CHROMIUM}"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bundled_available() -> bool:
+    from erase.errors import EraseError
+    from erase.toyworld import default_model_path
+
+    try:
+        default_model_path()
+        return True
+    except EraseError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    from ui.app import CSS, build_app
+
+    if bundled_available():
+        model, concept = "", "circle"
+        print("\n[test_browser] using the bundled toy-world model")
+    else:
+        from erase.synthetic import save_pipeline_folder
+
+        folder = tmp_path_factory.mktemp("tinypipe") / "pipe"
+        save_pipeline_folder("tiny", folder)
+        model, concept = str(folder), "van gogh"
+        print(f"\n[test_browser] bundled toy-world weights absent: using a tiny random pipeline at {folder}")
+    demo = build_app(model or None, work_root=tmp_path_factory.mktemp("exports"))
+    demo.queue(default_concurrency_limit=1)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, css=CSS)
+    yield url, model, concept
+    demo.close()
+
+
+def _fill(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def test_load_erase_compare_in_browser(app_url, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    url, model, concept = app_url
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            # the model given on the command line loads when the page opens
+            page.wait_for_function(
+                "() => { const e = document.querySelector('#model-status'); return e && e.innerText.includes('Model:'); }",
+                timeout=90_000)
+
+            page.locator("#method").get_by_text("fmn", exact=True).click()
+            page.wait_for_selector("#setting-fmn-steps input", timeout=10_000)
+            _fill(page, "setting-fmn-steps", 3)
+            _fill(page, "setting-fmn-lr", 0.01 if model else 1e-4)
+            page.locator("#advanced-fmn button.label-wrap").click()
+            _fill(page, "setting-fmn-n_forget_images", 2)
+            _fill(page, "setting-fmn-generation_steps", 4)
+            _fill(page, "n-prompts", 2)
+            _fill(page, "seeds", "0, 1")
+            _fill(page, "sample-steps", 4)
+            if not model:
+                page.locator("#score input").uncheck()  # judge scores are covered by test_app
+
+            concepts = page.locator("#concepts input")
+            concepts.click()
+            concepts.fill(concept)
+            concepts.press("Enter")
+            page.locator("#advanced-fmn button.label-wrap").click()  # fold it again for the picture
+
+            page.locator("#erase-btn").click()
+            page.wait_for_function(
+                "() => document.querySelector('#erase-status').innerText.includes('Erased')", timeout=120_000)
+            # erase -> compare -> heat maps run in a chain
+            page.wait_for_selector("#concept-after img", timeout=120_000)
+            page.wait_for_selector("#heatmaps img", timeout=120_000)
+            page.wait_for_function(
+                "() => Array.from(document.querySelectorAll('#concept-after img, #heatmaps img'))"
+                ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+
+            shot = tmp_path / "app.png"
+            page.screenshot(path=str(shot), full_page=True)
+            target = os.environ.get("ERASE_APP_SCREENSHOT")
+            if target:
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(shot, target)
+
+            before = page.locator("#concept-before img").count()
+            after = page.locator("#concept-after img").count()
+            assert before == after >= 4  # 2 prompts x 2 seeds, original and erased
+            assert page.locator("#kept-before img").count() == page.locator("#kept-after img").count() >= 4
+            assert page.locator("#heatmaps img").count() >= 4
+            assert concept in page.locator("#erase-status").inner_text()
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()
