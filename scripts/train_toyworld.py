@@ -45,6 +45,12 @@ def main(argv=None) -> int:
     p.add_argument("--export-only", action="store_true", help="export the latest checkpoint and exit")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
     p.add_argument("--judge", action="store_true", help="train the judge and write it beside the model")
+    p.add_argument("--evaluate", metavar="FOLDER", default=None,
+                   help="measure the quality bar of the model in FOLDER (judge from --judge-dir) and exit")
+    p.add_argument("--guidance", type=float, nargs="+", default=None, help="guidance scales for --evaluate")
+    p.add_argument("--eval-steps", type=int, default=25, help="sampling steps for --evaluate")
+    p.add_argument("--eval-seeds", type=int, default=1, help="images per prompt for --evaluate")
+    p.add_argument("--judge-dir", default=None, help="folder with judge.safetensors (default: bundled)")
     p.add_argument("--log", default=None, help="also append progress lines to this file")
     a = p.parse_args(argv)
 
@@ -54,6 +60,22 @@ def main(argv=None) -> int:
         Path(a.log).parent.mkdir(parents=True, exist_ok=True)
     log = open(a.log, "a") if a.log else None
 
+    if a.evaluate:
+        import torch
+        from diffusers import StableDiffusionPipeline
+
+        from erase.toyworld.judge import load_judge
+        from erase.toyworld.metrics import DEFAULT_GUIDANCE, generation_accuracy
+
+        torch.set_num_threads(cfg.threads)
+        pipe = StableDiffusionPipeline.from_pretrained(a.evaluate)
+        judge = load_judge(a.judge_dir)
+        for g in a.guidance or [DEFAULT_GUIDANCE]:
+            t = time.time()
+            acc = generation_accuracy(pipe, seeds=range(a.eval_seeds), steps=a.eval_steps, guidance=g, judge=judge)
+            print(json.dumps({"guidance": g, "steps": a.eval_steps, **{k: round(v, 4) for k, v in acc.items()},
+                              "seconds": round(time.time() - t, 1)}), flush=True)
+        return 0
     if a.judge:
         from erase.toyworld.judge import JudgeConfig, train_judge
 
