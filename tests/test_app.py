@@ -126,14 +126,15 @@ def test_erase_compare_export_and_reload(server, erased, model, concept, tmp_pat
     assert stats["changed_tensors"] > 0
 
     seeds, steps, guidance = "0, 1", 4, 7.5
-    out = client.predict(2, seeds, steps, guidance, model == "", api_name="/compare")
-    concept_before, concept_after, kept_before, kept_after, slider, metrics, note = out
+    out = client.predict(2, seeds, steps, guidance, api_name="/compare")
+    concept_before, concept_after, kept_before, kept_after, slider = out
     assert len(concept_before) == len(concept_after) == 4  # 2 prompts x 2 seeds
     assert len(kept_before) == len(kept_after) == 4
     assert [i["caption"] for i in concept_before] == [i["caption"] for i in concept_after]
     b, a = images(concept_before), images(concept_after)
     assert max(np.abs(x - y).mean() for x, y in zip(b, a)) > 1.0, "erasure changed none of the concept images"
     assert len(slider) == 2
+    metrics, note = client.predict(api_name="/scores")
     if model == "":
         rows = metrics["data"]
         assert {r[0] for r in rows} == {"original", "erased"}
@@ -200,7 +201,7 @@ def test_bad_input_shows_message_and_server_keeps_running(server, model, concept
     with pytest.raises(AppError, match="lr"):
         client.predict([concept], "fmn", *bad, api_name="/erase")
     with pytest.raises(AppError, match="erase a concept first"):
-        client.predict(1, "0", 2, 7.5, False, api_name="/compare")
+        client.predict(1, "0", 2, 7.5, api_name="/compare")
     # still answering
     again = client.predict(model, api_name="/load_model")
     assert "Model:" in again[0]
@@ -214,7 +215,7 @@ def test_sessions_are_separate_and_cancel_restores(server, erased, model, concep
     other = client_for(url)
     loaded = other.predict(model, api_name="/load_model")
     with pytest.raises(AppError, match="erase a concept first"):
-        other.predict(1, "0", 2, 7.5, False, api_name="/compare")
+        other.predict(1, "0", 2, 7.5, api_name="/compare")
 
     pipe = demo.erase_cache.get(model)
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
@@ -235,7 +236,7 @@ def test_sessions_are_separate_and_cancel_restores(server, erased, model, concep
         assert np.array_equal(v.numpy(), before[k].numpy()), f"cancel left {k} modified"
     # the first session's erasure is still there
     client = erased[0]
-    out = client.predict(1, "0", 2, 7.5, False, api_name="/compare")
+    out = client.predict(1, "0", 2, 7.5, api_name="/compare")
     assert len(out[1]) >= 1
 
 

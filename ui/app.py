@@ -114,6 +114,7 @@ def build_app(model: str | None = None, *, cache: ModelCache | None = None, work
                     metrics = gr.Dataframe(headers=METRIC_COLUMNS, label="Judge scores (this run)", elem_id="metrics",
                                            interactive=False)
                     metrics_note = gr.Markdown("")
+                    score_btn = gr.Button("Score now", size="sm", elem_id="score-btn")
             gr.Markdown("## Where the concept lives: cross-attention to its tokens (one colour scale for before and after)")
             heat = gr.Gallery(label="attention heat maps", columns=4, height=300, format="png",
                               elem_id="heatmaps", elem_classes=["pixelated"])
@@ -144,16 +145,20 @@ def build_app(model: str | None = None, *, cache: ModelCache | None = None, work
         model_box.submit(api_name="load_model_submit", api_visibility="private", **load_ev)
         demo.load(api_name="load_model_on_open", api_visibility="private", **load_ev)
 
-        compare_inputs = [session, n_prompts, seeds, steps, guidance, score]
-        compare_outputs = [concept_before, concept_after, kept_before, kept_after, slider, metrics, metrics_note]
+        compare_inputs = [session, n_prompts, seeds, steps, guidance]
+        compare_outputs = [concept_before, concept_after, kept_before, kept_after, slider]
         heat_inputs = [session, seeds, steps]
+        private = dict(api_visibility="private", **ENGINE)
+        # erase -> compare -> heat maps -> judge scores: images appear as soon as they exist
         erased = erase_btn.click(cb.erase, [session, concepts, method, *widgets], [erase_status, stats],
                                  api_name="erase", **ENGINE)
-        erased.success(cb.compare, compare_inputs, compare_outputs, api_name="compare_after_erase",
-                       api_visibility="private", **ENGINE).success(
-            cb.heatmaps, heat_inputs, heat, api_name="heatmaps_after_erase", api_visibility="private", **ENGINE)
+        erased.success(cb.compare, compare_inputs, compare_outputs, api_name="compare_after_erase", **private).success(
+            cb.heatmaps, heat_inputs, heat, api_name="heatmaps_after_erase", **private).success(
+            cb.scores, [session, score], [metrics, metrics_note], api_name="scores_after_erase", **private)
         cancel_btn.click(cb.cancel, session, erase_status, queue=False, api_name="cancel")
-        compare_btn.click(cb.compare, compare_inputs, compare_outputs, api_name="compare", **ENGINE)
+        compare_btn.click(cb.compare, compare_inputs, compare_outputs, api_name="compare", **ENGINE).success(
+            cb.scores, [session, score], [metrics, metrics_note], api_name="scores_after_compare", **private)
+        score_btn.click(cb.score_now, session, [metrics, metrics_note], api_name="scores", **ENGINE)
         heat_btn.click(cb.heatmaps, heat_inputs, heat, api_name="heatmaps", **ENGINE)
         delta_btn.click(cb.export_delta, session, delta_file, api_name="export_delta", **ENGINE)
         folder_btn.click(cb.export_folder, session, folder_file, api_name="export_folder", **ENGINE)

@@ -73,6 +73,20 @@ def spread(items: list, n: int) -> list:
     return [items[round(i * (len(items) - 1) / max(n - 1, 1))] for i in range(n)]
 
 
+def zip_folder(folder: Path, archive: Path) -> Path:
+    """Zip ``folder``'s contents; weights are stored as they are (they hardly compress)."""
+    import zipfile
+
+    tmp = archive.with_name(f".{archive.name}.tmp")
+    with zipfile.ZipFile(tmp, "w") as z:
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                kind = zipfile.ZIP_STORED if path.suffix == ".safetensors" else zipfile.ZIP_DEFLATED
+                z.write(path, path.relative_to(folder).as_posix(), compress_type=kind)
+    tmp.replace(archive)
+    return archive
+
+
 def known_concepts(pipe) -> list[str]:
     info = getattr(pipe, "erase_info", None)
     if info is None or info.kind != "bundled":
@@ -113,7 +127,7 @@ class DiffusionCallbacks:
         with user_errors("load the model"):
             return self.cache.get(session.model)
 
-    def load_model(self, model_text: str, session: Session, progress=gr.Progress()):
+    def load_model(self, model_text: str, session: Session, progress=gr.Progress(track_tqdm=True)):
         """-> status, concept choices, sampling steps, guidance, *settings (the model's defaults)."""
         from erase.evaluation import sampling_defaults
 
@@ -197,8 +211,8 @@ class DiffusionCallbacks:
         kept = spread(source.retain_prompts(result.concepts), n)
         return concept, kept
 
-    def compare(self, session: Session, n_prompts, seeds_text, steps, guidance, score: bool, progress=gr.Progress()):
-        """-> concept (original, erased), kept (original, erased) galleries, slider pair, metrics rows, note."""
+    def compare(self, session: Session, n_prompts, seeds_text, steps, guidance, progress=gr.Progress()):
+        """-> concept (original, erased) and kept (original, erased) galleries, and the first pair for the slider."""
         from erase.evaluation import generate
 
         pipe = self.pipe_for(session)
@@ -227,15 +241,24 @@ class DiffusionCallbacks:
             galleries[group] = ([(before[i], f"{jobs[i][0]} · seed {jobs[i][1]}") for i in idx],
                                 [(after[i], f"{jobs[i][0]} · seed {jobs[i][1]}") for i in idx])
         slider = (before[0], after[0]) if before else None
-        rows, note = self.metrics(pipe, result, score, progress)
-        return (*galleries["concept"], *galleries["kept"], slider, rows, note)
+        return (*galleries["concept"], *galleries["kept"], slider)
+
+    def scores(self, session: Session, score: bool, progress=gr.Progress()):
+        """-> judge score rows (original and erased model) and a note; bundled model only."""
+        pipe = self.pipe_for(session)
+        result = self._result(session)
+        with user_errors("score the erasure"):
+            return self.metrics(pipe, result, score, progress)
+
+    def score_now(self, session: Session, progress=gr.Progress()):
+        return self.scores(session, True, progress)
 
     def metrics(self, pipe, result, score: bool, progress=gr.Progress()):
         """Judge scores (UA/IRA/CRA) of the original and the erased model, bundled model only."""
         if not is_bundled(pipe):
             return [], "Judge scores (UA/IRA/CRA) exist for the bundled toy-world model only."
         if not score:
-            return [], "Judge scores skipped."
+            return [], "Judge scores skipped (tick 'Score with the judge' or press 'Score now')."
         try:
             from erase.toyworld.metrics import erasure_scores
         except ImportError as e:
@@ -324,6 +347,6 @@ class DiffusionCallbacks:
             with ENGINE_LOCK:
                 export_diffusers(pipe, result, folder, overwrite=True)
             progress(None, desc="zipping")
-            archive = shutil.make_archive(str(base / folder.name), "zip", root_dir=folder)
+            archive = zip_folder(folder, base / f"{folder.name}.zip")
             shutil.rmtree(folder, ignore_errors=True)
-        return archive
+        return str(archive)

@@ -8,6 +8,7 @@ each other's weights.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -19,6 +20,12 @@ BUNDLED = "bundled"
 
 # The engine (training, sampling, weight swaps) runs one job at a time across all sessions.
 ENGINE_LOCK = threading.RLock()
+
+
+def default_work_root() -> Path:
+    """Exports go under Gradio's file cache, so serving them does not copy (and hash) big files."""
+    cache = os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio")
+    return Path(cache).resolve() / "erase-app"
 
 
 def model_key(model: str | None) -> str:
@@ -86,7 +93,7 @@ class Session:
 
     def folder(self, root: Path | None = None) -> Path:
         if self.workdir is None or not self.workdir.exists():
-            base = root or Path(tempfile.gettempdir()) / "erase-app"
+            base = root or default_work_root()
             base.mkdir(parents=True, exist_ok=True)
             self.workdir = Path(tempfile.mkdtemp(prefix="session-", dir=base))
         return self.workdir
