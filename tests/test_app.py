@@ -258,3 +258,22 @@ def test_cli_binds_locally_by_default():
     assert args.host == "127.0.0.1" and not args.share and args.model is None
     args = parse_args(["--model", "x", "--port", "7999", "--share", "--host", "0.0.0.0"])
     assert (args.model, args.port, args.share, args.host) == ("x", 7999, True, "0.0.0.0")
+
+
+def test_single_file_checkpoint_with_config(server, model, tmp_path):
+    from erase.export import export_single_file
+
+    demo, url = server
+    pipe = demo.erase_cache.get(model)
+    path = export_single_file(pipe, None, tmp_path / "model.safetensors")
+    if model:
+        config = model
+    else:
+        from erase.toyworld import weights_dir
+
+        config = str(weights_dir())
+    client = client_for(url)
+    status = client.predict(str(path), config, api_name="/load_model")[0]
+    assert "single-file" in status
+    with pytest.raises(AppError, match="model file not found"):
+        client.predict(str(tmp_path / "missing.safetensors"), config, api_name="/load_model")

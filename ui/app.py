@@ -30,9 +30,9 @@ after. The base model is never modified: each tab keeps only its own change (a d
 in to render. Export the delta or the whole erased model when you like the result."""
 
 
-def build_app(model: str | None = None, *, cache: ModelCache | None = None, work_root: str | Path | None = None,
+def build_app(model: str | None = None, *, config: str | None = None, cache: ModelCache | None = None, work_root: str | Path | None = None,
               classifier: bool = True) -> gr.Blocks:
-    """Build the app; ``model`` pre-fills the model box and is loaded when a tab opens."""
+    """Build the app; ``model`` (and ``config``, for single files) pre-fill the model box; it loads when a tab opens."""
     from erase import methods
 
     cache = cache or ModelCache()
@@ -50,6 +50,11 @@ def build_app(model: str | None = None, *, cache: ModelCache | None = None, work
                     placeholder="empty: the bundled toy-world model · a diffusers folder · a .safetensors file · a Hub id",
                 )
                 load_btn = gr.Button("Load model", scale=1, elem_id="load-btn", size="md")
+            with gr.Accordion("Single-file checkpoint options", open=False):
+                config_box = gr.Textbox(
+                    value=config or "", label="Config for a .safetensors checkpoint", elem_id="config-box",
+                    placeholder="a local diffusers folder (or Hub id) of the same architecture; needed offline",
+                )
             model_status = gr.Markdown("No model loaded yet.", elem_id="model-status")
 
             with gr.Row():
@@ -140,7 +145,7 @@ def build_app(model: str | None = None, *, cache: ModelCache | None = None, work
         method.change(on_method, method, [*groups.values(), method_info], queue=False, api_name="show_method", api_visibility="private")
 
         load_outputs = [model_status, concepts, steps, guidance, *widgets]
-        load_ev = dict(fn=cb.load_model, inputs=[model_box, session], outputs=load_outputs, **ENGINE)
+        load_ev = dict(fn=cb.load_model, inputs=[model_box, session, config_box], outputs=load_outputs, **ENGINE)
         load_btn.click(api_name="load_model", **load_ev)
         model_box.submit(api_name="load_model_submit", api_visibility="private", **load_ev)
         demo.load(api_name="load_model_on_open", api_visibility="private", **load_ev)

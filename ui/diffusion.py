@@ -127,12 +127,15 @@ class DiffusionCallbacks:
         with user_errors("load the model"):
             return self.cache.get(session.model)
 
-    def load_model(self, model_text: str, session: Session, progress=gr.Progress(track_tqdm=True)):
-        """-> status, concept choices, sampling steps, guidance, *settings (the model's defaults)."""
+    def load_model(self, model_text: str, session: Session, config_text: str = "", progress=gr.Progress(track_tqdm=True)):
+        """-> status, concept choices, sampling steps, guidance, *settings (the model's defaults).
+
+        ``config_text``: for a single-file checkpoint, a diffusers folder (or Hub id) with its configs.
+        """
         from erase.evaluation import sampling_defaults
 
-        key = model_key(model_text)
-        progress(0, desc=f"loading {'the bundled toy-world model' if key == BUNDLED else key} ...")
+        key = model_key(model_text, config_text)
+        progress(0, desc=f"loading {'the bundled toy-world model' if key == BUNDLED else model_text.strip()} ...")
         t0 = time.perf_counter()
         with user_errors("load the model"):
             pipe = self.cache.get(key)

@@ -28,12 +28,24 @@ def default_work_root() -> Path:
     return Path(cache).resolve() / "erase-app"
 
 
-def model_key(model: str | None) -> str:
-    """Canonical cache key of what the user typed: '' / None / 'bundled' -> 'bundled'."""
+def model_key(model: str | None, config: str | None = None) -> str:
+    """Canonical cache key of what the user typed: '' / None / 'bundled' -> 'bundled'.
+
+    ``config`` (a diffusers folder describing a single-file checkpoint) becomes part of the key.
+    """
     text = (model or "").strip()
     if text.lower() in ("", BUNDLED, "toyworld", "bundled:toyworld"):
         return BUNDLED
-    return text
+    config = (config or "").strip()
+    return f"{text}\n{config}" if config else text
+
+
+def split_key(key: str) -> tuple[str | None, str | None]:
+    """(model, config) for load_pipeline from a cache key."""
+    if key == BUNDLED:
+        return None, None
+    model, _, config = key.partition("\n")
+    return model, (config or None)
 
 
 class ModelCache:
@@ -50,14 +62,16 @@ class ModelCache:
         self._loader = loader
 
     def _load(self, key: str):
+        model, config = split_key(key)
         if self._loader is not None:
-            return self._loader(None if key == BUNDLED else key)
+            return self._loader(model, config)
         from erase.models import load_pipeline
 
-        return load_pipeline(None if key == BUNDLED else key)
+        return load_pipeline(model, config=config)
 
-    def get(self, model: str | None):
-        key = model_key(model)
+    def get(self, model: str | None, config: str | None = None):
+        """The pipeline for ``model`` (a cache key or what the user typed), loading it if needed."""
+        key = model if model is not None and "\n" in model else model_key(model, config)
         with self._lock:
             if key in self._pipes:
                 self._pipes.move_to_end(key)
@@ -67,6 +81,20 @@ class ModelCache:
             while len(self._pipes) > self.max_models:
                 self._pipes.popitem(last=False)
             return pipe
+
+    def preload(self, model: str | None, config: str | None = None) -> threading.Thread:
+        """Start loading ``model`` in the background (errors are logged; the page shows them on load)."""
+        import logging
+
+        def run():
+            try:
+                self.get(model, config)
+            except Exception as e:  # noqa: BLE001 - reported again when a tab loads the model
+                logging.getLogger("erase.app").warning("could not preload the model: %s", e)
+
+        thread = threading.Thread(target=run, name="erase-preload", daemon=True)
+        thread.start()
+        return thread
 
     def loaded(self) -> list[str]:
         return list(self._pipes)
