@@ -131,8 +131,8 @@ def export_single_file(pipe, result: ErasureResult | None, path: str | Path, ove
     if path.suffix != ".safetensors":
         raise EraseError(f"single-file checkpoints are written as .safetensors, got {path.name}")
     with atomic_path(path, overwrite) as tmp:
-        with result.applied(pipe) if result is not None else nullcontext():
-            state = pipeline_to_ldm(pipe, dtype)
         meta = result.metadata() if result is not None else {"format": "erase-single-file"}
-        save_file(state, str(tmp), metadata=meta)
+        with result.applied(pipe) if result is not None else nullcontext():
+            # saved inside the block: the state dict's tensors alias the live (erased) weights
+            save_file(pipeline_to_ldm(pipe, dtype), str(tmp), metadata=meta)
     return path

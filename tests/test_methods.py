@@ -1,0 +1,113 @@
+import pytest
+import torch
+
+from conftest import FAST_FMN, FAST_SALUN
+from erase.api import erase_concepts
+from erase.errors import EraseError
+from erase.training import Cancelled
+
+
+def _unet_state(pipe):
+    return {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+
+
+def test_fmn_lowers_concept_attention(tiny_pipe):
+    r = erase_concepts(tiny_pipe, "van gogh", "fmn", dict(FAST_FMN, steps=8))
+    assert r.stats["attention_mass_after"] < 0.8 * r.stats["attention_mass_before"]
+    assert r.stats["loss_last"] < r.stats["loss_first"]
+    assert r.tensors and set(r.tensors) == set(r.original)
+
+
+def test_scope_limits_what_changes(tiny_pipe):
+    before = _unet_state(tiny_pipe)
+    r = erase_concepts(tiny_pipe, "van gogh", "fmn", dict(FAST_FMN, scope="cross_attn_kv"))
+    after = _unet_state(tiny_pipe)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(".attn2.to_k." in n or ".attn2.to_v." in n for n in changed)
+    assert changed == set(r.tensors)
+
+
+def test_salun_moves_only_salient_weights(tiny_pipe):
+    before = _unet_state(tiny_pipe)
+    r = erase_concepts(tiny_pipe, ["van gogh"], "salun", dict(FAST_SALUN, mask_fraction=0.3, scope="cross_attn"))
+    assert r.mask is not None and abs(r.stats["mask_fraction_kept"] - 0.3) < 0.01
+    after = _unet_state(tiny_pipe)
+    moved_salient = 0
+    for n, p in after.items():
+        moved = p != before[n]
+        if n not in r.mask:
+            assert not moved.any(), f"{n} is outside the scope but moved"
+            continue
+        assert not (moved & ~r.mask[n]).any(), f"non-salient weights of {n} moved"
+        moved_salient += int((moved & r.mask[n]).sum())
+    assert moved_salient > 0
+
+
+def test_reproducible_with_seed(tiny_folder):
+    from erase.models import load_pipeline
+
+    a = erase_concepts(load_pipeline(tiny_folder), "van gogh", "salun", FAST_SALUN)
+    b = erase_concepts(load_pipeline(tiny_folder), "van gogh", "salun", FAST_SALUN)
+    assert set(a.tensors) == set(b.tensors)
+    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+
+
+def test_not_inplace_and_applied_context(tiny_pipe):
+    before = _unet_state(tiny_pipe)
+    r = erase_concepts(tiny_pipe, ["van gogh", "circle"], "fmn", FAST_FMN, inplace=False)
+    assert r.concepts == ["van gogh", "circle"]
+    assert all(torch.equal(before[n], p) for n, p in _unet_state(tiny_pipe).items())
+    with r.applied(tiny_pipe):
+        inside = dict(tiny_pipe.unet.named_parameters())
+        assert all(torch.equal(inside[k].detach(), v) for k, v in r.tensors.items())
+    assert all(torch.equal(before[n], p) for n, p in _unet_state(tiny_pipe).items())
+
+
+def test_cancel_restores_the_unet(tiny_pipe):
+    before = _unet_state(tiny_pipe)
+
+    def progress(done, total, info):
+        if info.get("phase") == "fmn" and done == 2:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        erase_concepts(tiny_pipe, "van gogh", "fmn", FAST_FMN, progress=progress)
+    assert all(torch.equal(before[n], p) for n, p in _unet_state(tiny_pipe).items())
+
+
+@pytest.mark.parametrize(
+    "method, config, message",
+    [
+        ("fmn", {"steps": -1}, "steps must be a positive integer"),
+        ("fmn", {"steps": 0}, "steps must be a positive integer"),
+        ("salun", {"mask_fraction": 0.0}, "mask_fraction must be in"),
+        ("salun", {"mask_fraction": 1.5}, "mask_fraction must be in"),
+        ("salun", {"epochs": "five"}, "epochs must be of type int"),
+        ("fmn", {"lr": -1e-3}, "lr must be a positive"),
+        ("fmn", {"scope": "everything"}, "scope must be one of"),
+        ("fmn", {"stepz": 3}, "unknown setting"),
+        ("esd", {}, "unknown method 'esd'"),
+    ],
+)
+def test_bad_settings(tiny_pipe, method, config, message):
+    with pytest.raises(EraseError, match=message):
+        erase_concepts(tiny_pipe, "van gogh", method, config)
+
+
+@pytest.mark.parametrize("concepts, message", [("", "non-empty"), ([], "no concept"), ("§§", "vocabulary")])
+def test_bad_concepts_fail_before_work(tiny_pipe, concepts, message):
+    calls = []
+    with pytest.raises(EraseError, match=message):
+        erase_concepts(tiny_pipe, concepts, "fmn", FAST_FMN, progress=lambda *a: calls.append(a))
+    assert not calls
+
+
+def test_yaml_configs_load_and_match_defaults():
+    from pathlib import Path
+
+    from erase import methods
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name in methods.available():
+        cfg = methods.load_config(name, root / f"{name}.yaml")
+        assert cfg == methods.make_config(name), f"configs/{name}.yaml drifted from the {name} defaults"
