@@ -114,7 +114,8 @@ class ClassifierCallbacks:
                       " left on a feature only the deleted samples have, 0 = forgotten)."))
         stats = {k: _fmt(v) if isinstance(v, float) else v for k, v in result.stats.items()
                  if isinstance(v, (int, float, str, bool, dict, list))}
-        return table, plot, summary, stats
+        # bars grouped by metric, models in the table's order (Vega would sort them alphabetically)
+        return table, gr.BarPlot(value=plot, sort=list(plot["bar"]) if len(plot) else None), summary, stats
 
 
 def build_classifier_tab(session=None) -> ClassifierCallbacks:
@@ -140,9 +141,9 @@ def build_classifier_tab(session=None) -> ClassifierCallbacks:
                 help_md = gr.Markdown(method_help(method.value))
                 options = gr.Textbox("", lines=3, label="Options (key=value per line; empty: the paper's defaults)",
                                      elem_id="clf-options")
-    summary = gr.Markdown("")
+    summary = gr.Markdown("", elem_id="clf-summary")
     table = gr.Dataframe(label="Metrics (%) against retraining", interactive=False, elem_id="clf-table")
-    plot = gr.BarPlot(x="bar", y="value", color="model", label="UA / RA / TA / MIA per model", x_title="",
+    plot = gr.BarPlot(x="bar", y="value", color="model", label="UA / RA / TA / MIA per model", x_title="metric · model",
                       y_title="%", x_label_angle=-40, elem_id="clf-plot", height=320)
     with gr.Accordion("Run statistics", open=False):
         stats = gr.JSON()
