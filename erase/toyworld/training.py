@@ -46,7 +46,7 @@ class TrainConfig:
     vae_kl: float = 1e-6
     # diffusion
     images: int = 30000
-    steps: int = 7000
+    steps: int = 5000
     batch: int = 64
     lr: float = 8e-4
     warmup: int = 300
