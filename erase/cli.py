@@ -27,7 +27,7 @@ from pathlib import Path
 from erase.errors import EraseError
 
 JOB_KEYS = {"concepts", "concept", "method", "model", "model_config", "config", "set", "out", "overwrite",
-            "seeds", "exports", "name"}
+            "seeds", "exports", "name", "grid_steps"}
 EXPORTS = ("diffusers", "delta", "single-file")
 
 
@@ -91,7 +91,7 @@ def peak_memory() -> dict:
     return out
 
 
-def comparison_grids(pipe, result, concepts, seeds) -> dict:
+def comparison_grids(pipe, result, concepts, seeds, steps: int | None = None) -> dict:
     """Before/after grids for concept prompts and unrelated prompts, same seeds."""
     from erase.evaluation import compare, image_grid
     from erase.prompts import prompt_source_for
@@ -102,7 +102,7 @@ def comparison_grids(pipe, result, concepts, seeds) -> dict:
     grids = {}
     for name, prompts in (("concept", concept_prompts), ("retain", retain)):
         cols = [(p, s) for p in prompts for s in seeds]
-        before, after = compare(pipe, result, [p for p, _ in cols], [s for _, s in cols])
+        before, after = compare(pipe, result, [p for p, _ in cols], [s for _, s in cols], steps=steps)
         grids[name] = image_grid([before, after], ["before", "after"], [f"{p} #{s}" for p, s in cols])
     return grids
 
@@ -167,7 +167,7 @@ def run_job(job: dict, *, progress: bool = True) -> dict:
             export_single_file(pipe, result, tmp / "model.safetensors")
         if result.mask is not None:
             save_mask(tmp / "mask.safetensors", result.mask, {"method": result.method, "concepts": result.concepts})
-        grids = comparison_grids(pipe, result, result.concepts, seeds)
+        grids = comparison_grids(pipe, result, result.concepts, seeds, job.get("grid_steps"))
         for name, grid in grids.items():
             grid.save(tmp / f"grid_{name}.png")
         summary = {
@@ -220,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds of the before/after grids (default: 0 1)")
+    p.add_argument("--grid-steps", type=int, help="sampling steps of the before/after grids (default: the model's)")
     p.add_argument("--exports", nargs="+", choices=EXPORTS, help="what to write (default: all)")
     p.add_argument("--jobs", help="YAML jobs file: {defaults: {...}, jobs: [{concepts: [...], out: DIR, ...}]}")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs = [{
                 "concepts": args.concept, "method": args.method, "model": args.model, "model_config": args.model_config,
                 "config": args.config, "set": parse_sets(args.set), "out": args.out, "overwrite": args.overwrite,
-                "seeds": args.seeds, "exports": args.exports,
+                "seeds": args.seeds, "exports": args.exports, "grid_steps": args.grid_steps,
             }]
         for i, job in enumerate(jobs):
             summary = run_job(job, progress=not args.no_progress)
