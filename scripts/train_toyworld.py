@@ -28,6 +28,7 @@ def main(argv=None) -> int:
 
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML with TrainConfig fields (flags given here win)")
     p.add_argument("--work-dir", default=d.work_dir, help="checkpoints and caches (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads)
@@ -54,8 +55,21 @@ def main(argv=None) -> int:
     p.add_argument("--log", default=None, help="also append progress lines to this file")
     a = p.parse_args(argv)
 
-    cfg = TrainConfig(work_dir=a.work_dir, seed=a.seed, threads=a.threads, steps=a.steps, batch=a.batch,
-                      lr=a.lr, vae_steps=a.vae_steps, images=a.images, checkpoint_every=a.checkpoint_every)
+    fields = {}
+    if a.config:
+        import yaml
+
+        from erase.errors import EraseError
+
+        fields = yaml.safe_load(Path(a.config).read_text()) or {}
+        unknown = set(fields) - set(TrainConfig.__dataclass_fields__) - {"model"}
+        if unknown:
+            raise EraseError(f"unknown training option(s) in {a.config}: {', '.join(sorted(unknown))}")
+        fields.pop("model", None)
+    flags = dict(work_dir=a.work_dir, seed=a.seed, threads=a.threads, steps=a.steps, batch=a.batch,
+                 lr=a.lr, vae_steps=a.vae_steps, images=a.images, checkpoint_every=a.checkpoint_every)
+    given = {k: v for k, v in flags.items() if v != getattr(d, k)}  # flags on the command line win
+    cfg = TrainConfig(**{**fields, **given})
     if a.log:
         Path(a.log).parent.mkdir(parents=True, exist_ok=True)
     log = open(a.log, "a") if a.log else None
