@@ -109,7 +109,8 @@ def test_load_reports_model_and_defaults(server, erased, model):
     assert "Model:" in status and ("bundled" in status if model == "" else model in status)
     assert steps >= 1 and guidance >= 0
     if model == "":
-        assert "circle" in concepts["choices"]  # the bundled model's concepts are suggested
+        choices = {c[0] if isinstance(c, (list, tuple)) else c for c in concepts["choices"]}
+        assert "circle" in choices  # the bundled model's concepts are suggested
     # the settings shown are what the engine would use on this model (presets on the bundled one)
     from erase.api import config_for
 
@@ -132,7 +133,7 @@ def test_erase_compare_export_and_reload(server, erased, model, concept, tmp_pat
     assert len(kept_before) == len(kept_after) == 4
     assert [i["caption"] for i in concept_before] == [i["caption"] for i in concept_after]
     b, a = images(concept_before), images(concept_after)
-    assert max(np.abs(x - y).mean() for x, y in zip(b, a)) > 1.0, "erasure changed none of the concept images"
+    assert max(np.abs(x - y).max() for x, y in zip(b, a)) >= 3, "erasure changed none of the concept images"
     assert len(slider) == 2
     metrics, note = client.predict(api_name="/scores")
     if model == "":

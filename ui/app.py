@@ -31,14 +31,19 @@ in to render. Export the delta or the whole erased model when you like the resul
 
 
 def build_app(model: str | None = None, *, config: str | None = None, cache: ModelCache | None = None, work_root: str | Path | None = None,
-              classifier: bool = True) -> gr.Blocks:
-    """Build the app; ``model`` (and ``config``, for single files) pre-fill the model box; it loads when a tab opens."""
+              classifier: bool = True, judge_seeds=None, judge_steps: int | None = None) -> gr.Blocks:
+    """Build the app; ``model`` (and ``config``, for single files) pre-fill the model box; it loads when a tab opens.
+
+    ``judge_seeds`` / ``judge_steps``: how the bundled model's judge scores are computed (default: one seed,
+    the judge's measured sampling steps).
+    """
     from erase import methods
 
     cache = cache or ModelCache()
     method_names = methods.available()
     settings = all_settings(method_names)
-    cb = DiffusionCallbacks(cache, settings, Path(work_root) if work_root else None)
+    judge = {"judge_seeds": judge_seeds} if judge_seeds else {}
+    cb = DiffusionCallbacks(cache, settings, Path(work_root) if work_root else None, judge_steps=judge_steps, **judge)
 
     with gr.Blocks(title="erase") as demo:
         session = gr.State(Session(), delete_callback=close_session)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,9 @@ from ui.state import BUNDLED, ENGINE_LOCK, ModelCache, Session, model_key
 
 log = logging.getLogger("erase.app")
 
-JUDGE_SEEDS = (0, 1)
+# The judge scores every shape x colour x style prompt (108 images per seed) for each model: one
+# seed keeps that to a few minutes on a CPU; the original model's scores are computed once.
+JUDGE_SEEDS = (0,)
 METRIC_COLUMNS = ["model", "concept", "kind", "UA", "IRA", "CRA", "distance", "seconds"]
 
 
@@ -115,10 +118,14 @@ def scores_available() -> bool:
 
 
 class DiffusionCallbacks:
-    def __init__(self, cache: ModelCache, settings: list[Setting], work_root: Path | None = None):
+    def __init__(self, cache: ModelCache, settings: list[Setting], work_root: Path | None = None,
+                 judge_seeds=JUDGE_SEEDS, judge_steps: int | None = None):
         self.cache = cache
         self.settings = settings
         self.work_root = work_root
+        self.judge_kw = {"seeds": tuple(judge_seeds)} | ({"steps": int(judge_steps)} if judge_steps else {})
+        self._original_scores: dict[tuple, dict] = {}  # (model, concept) -> scores; the base never changes
+        self._scores_lock = threading.Lock()
 
     # ---- model -------------------------------------------------------------------------
     def pipe_for(self, session: Session):
@@ -251,12 +258,12 @@ class DiffusionCallbacks:
         pipe = self.pipe_for(session)
         result = self._result(session)
         with user_errors("score the erasure"):
-            return self.metrics(pipe, result, score, progress)
+            return self.metrics(pipe, result, score, progress, model=session.model)
 
     def score_now(self, session: Session, progress=gr.Progress()):
         return self.scores(session, True, progress)
 
-    def metrics(self, pipe, result, score: bool, progress=gr.Progress()):
+    def metrics(self, pipe, result, score: bool, progress=gr.Progress(), model: str | None = None):
         """Judge scores (UA/IRA/CRA) of the original and the erased model, bundled model only."""
         if not is_bundled(pipe):
             return [], "Judge scores (UA/IRA/CRA) exist for the bundled toy-world model only."
@@ -272,13 +279,17 @@ class DiffusionCallbacks:
         with ENGINE_LOCK:
             for c in result.concepts:
                 for label, ctx in (("original", None), ("erased", result)):
-                    progress(None, desc=f"judging {label} model on '{c}'")
+                    progress(None, desc=f"judging the {label} model on '{c}' (every prompt of the world)")
                     try:
                         if ctx is None:
-                            s = erasure_scores(pipe, c, seeds=JUDGE_SEEDS)
+                            key = (model or id(pipe), c.strip().lower())
+                            with self._scores_lock:
+                                if key not in self._original_scores:
+                                    self._original_scores[key] = erasure_scores(pipe, c, **self.judge_kw)
+                                s = self._original_scores[key]
                         else:
                             with ctx.applied(pipe):
-                                s = erasure_scores(pipe, c, seeds=JUDGE_SEEDS)
+                                s = erasure_scores(pipe, c, **self.judge_kw)
                     except EraseError as e:
                         notes.append(f"'{c}': {e}")
                         break
