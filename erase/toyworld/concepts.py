@@ -67,10 +67,8 @@ def all_prompts() -> list[str]:
 
 
 def _triples_with(concept: str, naming: bool) -> list[tuple[str, str, str]]:
-    kind = concept_kind(concept)
-    i = list(KINDS).index(kind)
-    order = {"shape": 0, "colour": 1, "style": 2}
-    return [t for t in combinations() if (t[order[kind]] == concept.lower()) == naming and i >= 0]
+    k = list(KINDS).index(concept_kind(concept))  # position in (shape, colour, style)
+    return [t for t in combinations() if (t[k] == concept.strip().lower()) == naming]
 
 
 def prompts_for(concept: str, n: int | None = None) -> list[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -117,7 +117,7 @@ def train_vae(cfg: TrainConfig, progress: Progress = _noop):
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     tmp = out.with_name(out.name + ".tmp")
     vae.save_pretrained(str(tmp), safe_serialization=True)
-    tmp.replace(out) if not out.exists() else None
+    tmp.replace(out)
     return vae
 
 
@@ -211,12 +211,12 @@ def save_checkpoint(cfg: TrainConfig, step: int, unet, ema, text_encoder, opt, g
     _save_tensors(tmp / "rng.safetensors", {"torch": gen.get_state()})
     _save_json(tmp / "state.json", {"step": step, "numpy_rng": rng.bit_generator.state, "config": asdict(cfg)})
     old = d.with_name(d.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
     if d.exists():
-        d.replace(old) if not old.exists() else (os.system(f"rm -rf '{old}'"), d.replace(old))
+        d.replace(old)
     tmp.replace(d)
     if old.exists():
-        import shutil
-
         shutil.rmtree(old)
 
 
