@@ -19,9 +19,9 @@ def sampling_defaults(pipe) -> dict:
     """Steps and guidance for this model: the toy world's measured ones, else SD's usual 25 / 7.5."""
     info = getattr(pipe, "erase_info", None)
     if info is not None and info.kind == "bundled":
-        from erase import toyworld
+        from erase.toyworld import metrics
 
-        return dict(getattr(toyworld, "SAMPLING", {"steps": 25, "guidance_scale": 7.5}))
+        return {"steps": metrics.DEFAULT_STEPS, "guidance_scale": metrics.DEFAULT_GUIDANCE}
     return {"steps": 25, "guidance_scale": 7.5}
 
 
