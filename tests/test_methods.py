@@ -111,3 +111,12 @@ def test_yaml_configs_load_and_match_defaults():
     for name in methods.available():
         cfg = methods.load_config(name, root / f"{name}.yaml")
         assert cfg == methods.make_config(name), f"configs/{name}.yaml drifted from the {name} defaults"
+
+
+def test_gradient_checkpointing_gives_the_same_result(tiny_folder):
+    from erase.models import load_pipeline
+
+    plain = erase_concepts(load_pipeline(tiny_folder), "van gogh", "salun", FAST_SALUN)
+    ckpt = erase_concepts(load_pipeline(tiny_folder), "van gogh", "salun", dict(FAST_SALUN, gradient_checkpointing=True))
+    assert plain.stats["loss_first"] == pytest.approx(ckpt.stats["loss_first"], rel=1e-5)
+    assert all(torch.allclose(plain.tensors[k], ckpt.tensors[k], atol=1e-6) for k in plain.tensors)
