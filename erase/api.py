@@ -22,7 +22,7 @@ import torch
 
 from erase import methods
 from erase.errors import EraseError
-from erase.models import default_mixed_precision
+from erase.models import default_mixed_precision, is_toyworld
 from erase.prompts import prompt_source_for
 from erase.training import ProgressFn, select_parameters
 
@@ -113,8 +113,7 @@ def config_for(pipe, method: str, config=None):
         return config
     if config is not None and dataclasses.is_dataclass(config):
         raise EraseError(f"config of type {type(config).__name__} is not a {spec.name} config")
-    info = getattr(pipe, "erase_info", None)
-    return methods.load_config(spec.name, config, toyworld=info is not None and info.kind == "bundled")
+    return methods.load_config(spec.name, config, toyworld=is_toyworld(pipe))
 
 
 def erase_concepts(

@@ -142,8 +142,8 @@ def run_job(job: dict, *, progress: bool = True) -> dict:
     overrides = read_yaml(config) if isinstance(config, (str, Path)) else dict(config or {})
     overrides.pop("method", None) if overrides.get("method") in (None, method) else None
     overrides.update(job.get("set") or {})
-    # settings are checked before the (slow) model load; the bundled model adds its presets
-    methods.load_config(method, overrides, toyworld=job.get("model") in (None, "", "toyworld", "bundled"))
+    # settings are checked before the (slow) model load (presets of a toy-world model come later)
+    methods.load_config(method, overrides)
 
     start = time.perf_counter()
     pipe = load_pipeline(job.get("model"), config=job.get("model_config"))

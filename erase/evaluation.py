@@ -11,14 +11,14 @@ from PIL import Image, ImageDraw
 
 from erase.attention import AttentionRecorder, record_cross_attention
 from erase.concepts import concept_positions
+from erase.models import is_toyworld
 
 __all__ = ["sampling_defaults", "generate", "compare", "image_grid", "attention_heatmap", "overlay_heatmap"]
 
 
 def sampling_defaults(pipe) -> dict:
     """Steps and guidance for this model: the toy world's measured ones, else SD's usual 25 / 7.5."""
-    info = getattr(pipe, "erase_info", None)
-    if info is not None and info.kind == "bundled":
+    if is_toyworld(pipe):
         from erase.toyworld import metrics
 
         return {"steps": metrics.DEFAULT_STEPS, "guidance_scale": metrics.DEFAULT_GUIDANCE}

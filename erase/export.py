@@ -23,6 +23,7 @@ import torch
 
 from erase.api import ErasureResult
 from erase.errors import EraseError
+from erase.models import TOYWORLD_MARKER, is_toyworld
 
 __all__ = ["export_diffusers", "export_delta", "load_delta", "apply_delta", "export_single_file", "atomic_path"]
 
@@ -78,6 +79,8 @@ def export_diffusers(pipe, result: ErasureResult | None, folder: str | Path, ove
             pipe.save_pretrained(str(tmp), safe_serialization=True)
         if result is not None:
             (tmp / "erase.json").write_text(json.dumps(result.metadata(), indent=2))
+        if is_toyworld(pipe):  # still a toy-world model: keeps its prompts, presets and judge
+            (tmp / TOYWORLD_MARKER).write_text(json.dumps({"derived_from": pipe.erase_info.source}, indent=2))
     return Path(folder)
 
 

@@ -26,10 +26,11 @@ import torch
 from erase.errors import EraseError
 
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline",)
+TOYWORLD_MARKER = "toyworld.json"  # written beside model_index.json by the toy world's export
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
-__all__ = ["load_pipeline", "default_device", "default_mixed_precision", "model_family", "ModelInfo"]
+__all__ = ["load_pipeline", "default_device", "default_mixed_precision", "model_family", "is_toyworld", "ModelInfo"]
 
 
 @dataclass
@@ -38,7 +39,12 @@ class ModelInfo:
 
     source: str  # what the user passed (or "bundled:toyworld")
     kind: str  # "bundled" | "hub" | "folder" | "single-file"
-    family: str  # "sd1" | "sd2" | "custom"
+    family: str  # "sd1" | "sd2" | "toyworld" | "custom"
+
+    @property
+    def toyworld(self) -> bool:
+        """A model of the bundled concept world (the bundled one, or a folder exported from it)."""
+        return self.family == "toyworld"
 
 
 def default_device() -> torch.device:
@@ -59,11 +65,19 @@ def half_dtype(mixed_precision: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
 
 
-def model_family(pipe) -> str:
-    """'sd1' (CLIP ViT-L, 768-d context), 'sd2' (OpenCLIP ViT-H, 1024-d) or 'custom'."""
+def model_family(pipe, location: str | None = None) -> str:
+    """'toyworld' (a folder with toyworld.json), 'sd1' (768-d context), 'sd2' (1024-d) or 'custom'."""
+    if location is not None and (Path(location) / TOYWORLD_MARKER).is_file():
+        return "toyworld"
     dim = pipe.unet.config.cross_attention_dim
     dim = dim[0] if isinstance(dim, (list, tuple)) else dim
     return {768: "sd1", 1024: "sd2"}.get(int(dim), "custom")
+
+
+def is_toyworld(pipe) -> bool:
+    """True for pipelines of the bundled concept world: they get its prompts, presets and judge."""
+    info = getattr(pipe, "erase_info", None)
+    return bool(info is not None and info.toyworld)
 
 
 def _check_folder(path: Path) -> None:
@@ -204,7 +218,7 @@ def load_pipeline(
     if frozen_dtype != torch.float32:
         pipe.vae.to(dtype=frozen_dtype)
         pipe.text_encoder.to(dtype=frozen_dtype)
-    pipe.erase_info = ModelInfo(source=str(model) if model is not None else "bundled:toyworld", kind=kind, family=model_family(pipe))
+    pipe.erase_info = ModelInfo(source=str(model) if model is not None else "bundled:toyworld", kind=kind, family=model_family(pipe, location))
     pipe.erase_mixed_precision = mixed_precision
     logging.getLogger(__name__).info("loaded %s (%s) on %s, mixed precision %s", location, kind, device, mixed_precision)
     return pipe

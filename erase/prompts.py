@@ -70,7 +70,8 @@ class ToyWorldPrompts(PromptSource):
 
 
 def prompt_source_for(pipe, templates: Sequence[str] | None = None) -> PromptSource:
-    info = getattr(pipe, "erase_info", None)
-    if info is not None and info.kind == "bundled":
+    from erase.models import is_toyworld
+
+    if is_toyworld(pipe):
         return ToyWorldPrompts(templates)
     return PromptSource(templates=templates or CONCEPT_TEMPLATES)
