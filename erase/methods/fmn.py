@@ -88,5 +88,6 @@ register(
     "fmn", FMNConfig, run, "Forget-Me-Not: steer cross-attention away from the concept's tokens",
     # Measured on the bundled toy world (see BENCHMARKS.md): a 4 M-parameter UNet needs a far
     # larger step than SD's 860 M.
-    toyworld={"lr": 1e-4, "steps": 35, "scope": "cross_attn", "n_forget_images": 16, "batch_size": 4},
+    toyworld={"lr": 1e-4, "steps": 35, "scope": "cross_attn", "n_forget_images": 16, "batch_size": 4,
+              "generation_steps": 15, "guidance_scale": 3.0},
 )

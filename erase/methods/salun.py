@@ -149,5 +149,6 @@ register(
     "salun", SalUnConfig, run, "SalUn: saliency-masked fine-tuning towards a misaligned condition, with a retain term",
     # Measured on the bundled toy world (see BENCHMARKS.md): its 4 M-parameter UNet needs a
     # larger step than SD's, and 32 generated images per set suffice.
-    toyworld={"lr": 3e-4, "epochs": 4, "scope": "cross_attn", "n_forget_images": 32, "n_retain_images": 64, "batch_size": 8},
+    toyworld={"lr": 3e-4, "epochs": 4, "scope": "cross_attn", "n_forget_images": 32, "n_retain_images": 64, "batch_size": 8,
+              "generation_steps": 15, "guidance_scale": 3.0},
 )
