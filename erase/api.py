@@ -160,7 +160,9 @@ def erase_concepts(
         stats = spec.run(job, cfg)
     except BaseException as e:
         ErasureResult("", [], "", {}, {}, snapshot)._load(pipe, snapshot)
-        if isinstance(e, torch.cuda.OutOfMemoryError):
+        if isinstance(e, torch.cuda.OutOfMemoryError) or (
+            isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e))
+        ):
             raise EraseError(
                 "out of memory: try scope 'cross_attn_kv', gradient_checkpointing: true or a smaller batch_size"
             ) from None

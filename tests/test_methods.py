@@ -120,3 +120,21 @@ def test_gradient_checkpointing_gives_the_same_result(tiny_folder):
     ckpt = erase_concepts(load_pipeline(tiny_folder), "van gogh", "salun", dict(FAST_SALUN, gradient_checkpointing=True))
     assert plain.stats["loss_first"] == pytest.approx(ckpt.stats["loss_first"], rel=1e-5)
     assert all(torch.allclose(plain.tensors[k], ckpt.tensors[k], atol=1e-6) for k in plain.tensors)
+
+
+def test_out_of_memory_is_a_clear_error_and_restores(tiny_pipe, monkeypatch):
+    from erase.methods import fmn
+
+    before = _unet_state(tiny_pipe)
+    real = fmn.Trainer.run
+
+    def oom(self, *a, **k):
+        with torch.no_grad():
+            next(iter(self.params.values())).add_(1.0)  # half-way through: weights already moved
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 TB")
+
+    monkeypatch.setattr(fmn.Trainer, "run", oom)
+    with pytest.raises(EraseError, match="out of memory"):
+        erase_concepts(tiny_pipe, "van gogh", "fmn", FAST_FMN)
+    monkeypatch.setattr(fmn.Trainer, "run", real)
+    assert all(torch.equal(before[n], p) for n, p in _unet_state(tiny_pipe).items())
