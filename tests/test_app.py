@@ -60,7 +60,8 @@ def concept(model) -> str:
 def server(model, tmp_path_factory):
     from ui.app import CSS, build_app
 
-    demo = build_app(model, work_root=tmp_path_factory.mktemp("exports"))
+    # judge_steps=2: the judge's scores (108 prompts per model) in seconds instead of minutes on a CPU
+    demo = build_app(model, work_root=tmp_path_factory.mktemp("exports"), judge_steps=2)
     demo.queue(default_concurrency_limit=1)
     port = free_port()
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS)

@@ -90,9 +90,18 @@ def zip_folder(folder: Path, archive: Path) -> Path:
     return archive
 
 
+def is_toyworld(pipe) -> bool:
+    """A model of the bundled concept world (the bundled one or a folder exported from it)."""
+    try:
+        from erase.models import is_toyworld as engine_is_toyworld
+    except ImportError:  # older engine: only the bundled model itself
+        info = getattr(pipe, "erase_info", None)
+        return info is not None and info.kind == "bundled"
+    return engine_is_toyworld(pipe)
+
+
 def known_concepts(pipe) -> list[str]:
-    info = getattr(pipe, "erase_info", None)
-    if info is None or info.kind != "bundled":
+    if not is_toyworld(pipe):
         return []
     try:
         from erase.toyworld.concepts import all_concepts
@@ -102,11 +111,6 @@ def known_concepts(pipe) -> list[str]:
         from erase.toyworld import KINDS
 
         return [c for names in KINDS.values() for c in names]
-
-
-def is_bundled(pipe) -> bool:
-    info = getattr(pipe, "erase_info", None)
-    return info is not None and info.kind == "bundled"
 
 
 def scores_available() -> bool:
@@ -156,8 +160,8 @@ class DiffusionCallbacks:
         n_params = sum(p.numel() for p in pipe.unet.parameters())
         status = (f"**Model:** `{info.source}` ({info.kind}, {info.family}) on {device.type}, "
                   f"UNet {n_params / 1e6:.1f} M parameters, ready in {time.perf_counter() - t0:.1f} s.")
-        if is_bundled(pipe):
-            status += " Settings show the measured toy-world presets."
+        if is_toyworld(pipe):
+            status += " A toy-world model: its concepts are suggested and the settings show the measured toy-world presets."
         concepts = known_concepts(pipe)
         sd = sampling_defaults(pipe)
         return (status, gr.update(choices=concepts, value=[]), sd["steps"], sd["guidance_scale"], *defaults)
@@ -190,6 +194,9 @@ class DiffusionCallbacks:
                 result = erase_concepts(pipe, names, method, config, progress=report, inplace=False)
         except Cancelled:
             raise gr.Error("Erasure cancelled: the model is unchanged.", title="Cancelled", print_exception=False) from None
+        # The app swaps the change in with result.applied(pipe), which saves the current weights
+        # itself: the copy of the base values is never used here, and it is as large as the change.
+        result.original = {}
         session.result = result
         s = result.stats
         loss = f", loss {s['loss_first']:.4g} → {s['loss_last']:.4g}" if "loss_first" in s and "loss_last" in s else ""
@@ -265,8 +272,8 @@ class DiffusionCallbacks:
 
     def metrics(self, pipe, result, score: bool, progress=gr.Progress(), model: str | None = None):
         """Judge scores (UA/IRA/CRA) of the original and the erased model, bundled model only."""
-        if not is_bundled(pipe):
-            return [], "Judge scores (UA/IRA/CRA) exist for the bundled toy-world model only."
+        if not is_toyworld(pipe):
+            return [], "Judge scores (UA/IRA/CRA) exist for the bundled toy-world model (and models exported from it) only."
         if not score:
             return [], "Judge scores skipped (tick 'Score with the judge' or press 'Score now')."
         try:
