@@ -93,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     if result.stats:
         print("\n" + json.dumps(result.stats, default=str))
     out = Path(args.out) if args.out else Path("runs") / "unlearn" / f"{args.method}-{args.dataset}"
-    for path in save_outputs(result, out):
+    try:
+        written = save_outputs(result, out)
+    except OSError as e:
+        print(f"error: cannot write the results to {out}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    for path in written:
         print(f"wrote {path}")
     return 0
 

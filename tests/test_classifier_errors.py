@@ -156,3 +156,56 @@ def test_cli_distribution_aware_sisa(tmp_path, capsys):
     assert _cli()(args + ["--deletion-probabilities", str(probs), "--out", str(tmp_path / "bad")]) != 0
     assert "has 3 values for" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    "method, overrides, match",
+    [
+        ("salun", {"mask_fraction": 1.5}, "mask_fraction must be in"),
+        ("salun", {"epochs": "abc"}, "epochs must be a number, got 'abc'"),
+        ("salun", {"lr": 0}, "lr must be > 0"),
+        ("boundary-shrink", {"epsilon": -0.1}, "epsilon must be > 0"),
+        ("boundary-expand", {"momentum": 1.0}, "momentum must be in"),
+        ("sisa", {"batch_size": 0}, "batch_size must be >= 1"),
+        ("sisa", {"slices": 2.5}, "slices must be a whole number"),
+        ("sisa", {"aggregation": "max"}, "aggregation must be one of vote, softmax"),
+        ("pru", {"eig_tol": -1}, "eig_tol must be >= 0"),
+        ("retrain", {"train": 5}, "train must be a mapping"),
+        ("retrain", {"train": {"epoch": 3}}, "unknown option train.'epoch'"),
+    ],
+)
+def test_bad_option_values(method, overrides, match):
+    with pytest.raises(EraseError, match=match):
+        make_config(method, overrides)
+
+
+def test_numbers_written_as_text_are_read():
+    # YAML reads 1e-3 (no dot) as a string; --set lr=1e-3 must still mean 0.001
+    assert make_config("salun", {"lr": "1e-3"}).lr == 0.001
+    assert make_config("retrain", {"train": {"epochs": 3}}).train.epochs == 3
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--set", "mask_fraction=2"], "mask_fraction must be in"),
+        (["--set", "batch_size=0"], "batch_size must be >= 1"),
+    ],
+)
+def test_cli_bad_option_values_write_nothing(tmp_path, capsys, extra, match):
+    out = tmp_path / "out"
+    rc = _cli()(["--method", "salun", "--dataset", "digits", "--forget", "k:3", "--out", str(out), *extra])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.startswith("error: ") and match in err
+    assert not out.exists()
+
+
+def test_cli_deletion_probabilities_need_distribution_sharding(tmp_path, capsys):
+    n = load_dataset("digits", seed=0).n_train
+    probs = tmp_path / "p.txt"
+    probs.write_text("0.01\n" * n)
+    out = tmp_path / "out"
+    rc = _cli()(["--method", "sisa", "--dataset", "digits", "--forget", "k:1", "--out", str(out),
+                 "--deletion-probabilities", str(probs)])
+    assert rc != 0 and "sharding=distribution" in capsys.readouterr().err
+    assert not out.exists()

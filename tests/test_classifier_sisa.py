@@ -114,7 +114,9 @@ def test_distribution_aware_sharding_lowers_expected_cost():
     p[hot] = 0.5
     aware = distribution_aware_assignment(p, 5, 4)
     uni = uniform_assignment(n, 5, 4, seed=0)
-    assert np.bincount(aware.shard).sum() == n
+    sizes = np.bincount(aware.shard, minlength=5)
+    assert len(sizes) == 5 and sizes.sum() == n and sizes.min() >= int(0.5 * n / 5)  # every point in one of 5 real shards
+    assert aware.slice.min() >= 0 and aware.slice.max() <= 3
     assert len(set(aware.shard[hot])) == 1  # the likely deletions share one shard
     assert aware.slice[hot].min() >= 2  # ... and sit in its last slices
     assert expected_cost(aware, p)["expected_samples_in_hit_shards"] < 0.5 * expected_cost(uni, p)["expected_samples_in_hit_shards"]
@@ -134,3 +136,11 @@ def test_sisa_through_unlearn_and_errors(digits):
         SISAModel(mlp_factory(64, 10), SISAConfig(shards=600), seed=0).fit(X, y)
     with pytest.raises(EraseError, match="deletion probabilities"):
         SISAModel(mlp_factory(64, 10), SISAConfig(sharding="distribution"), seed=0).fit(X, y)
+
+
+def test_unfitted_model_and_unused_probabilities_are_errors(digits):
+    X, y, _, _ = digits
+    with pytest.raises(EraseError, match="not trained yet"):
+        SISAModel(mlp_factory(64, 10), CFG).delete([0])
+    with pytest.raises(EraseError, match="only used by sharding=distribution"):
+        SISAModel(mlp_factory(64, 10), CFG).fit(X, y, deletion_probabilities=np.full(len(y), 0.1))

@@ -136,14 +136,6 @@ def make_config(method: str, overrides: dict | None = None):
     bad = [k for k in overrides if k not in names]
     if bad:
         raise EraseError(f"unknown option {bad[0]!r} for {method}; options: {', '.join(names)}")
-    if "train" in overrides and isinstance(overrides["train"], dict):
-        from erase.classifier.models import TrainConfig
-
-        tnames = {f.name for f in dataclasses.fields(TrainConfig)}
-        tbad = [k for k in overrides["train"] if k not in tnames]
-        if tbad:
-            raise EraseError(f"unknown option train.{tbad[0]!r} for {method}; options: {', '.join(sorted(tnames))}")
-        overrides["train"] = TrainConfig(**overrides["train"])
     return cls(**overrides)
 
 

@@ -68,7 +68,7 @@ class ExperimentResult:
 
     def to_json(self) -> dict:
         """JSON-ready dict (NaN becomes null)."""
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k != "models"}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "models"}
         return _clean(d) | {"models": list(self.models)}
 
 
@@ -126,7 +126,12 @@ def run_sisa(sc: Scenario, config: SISAConfig | None = None, deletion_probabilit
     t0 = time.perf_counter()
     scratch = SISAModel(factory, scratch_cfg, sc.seed).fit(data.X_train[keep], data.y_train[keep], assignment=sisa.assignment.subset(keep))
     scratch_seconds = time.perf_counter() - t0
-    same = bool(np.array_equal(scratch.predict_proba(data.X_test), sisa.predict_proba(data.X_test)))
+    sw, tw = sisa.state_dict(), scratch.state_dict()
+    same = bool(
+        sw.keys() == tw.keys()
+        and all(torch.equal(sw[k], tw[k]) for k in sw)
+        and np.array_equal(scratch.predict_proba(data.X_test), sisa.predict_proba(data.X_test))
+    )
     rows = {
         "original": _with_gap(sc.metrics["original"], ref),
         "retrain": _with_gap(ref, ref) | {"seconds": sc.retrain_seconds},
@@ -220,11 +225,16 @@ def run_experiment(
     data = load_dataset(dataset, seed)
     if not data.is_classification:
         raise EraseError(f"{method} needs a classification dataset; {dataset!r} is {data.task} (use pru)")
+    probs = None
+    if spec.model_kind == "sisa":  # checked before any training
+        probs = read_probabilities(deletion_probabilities, data.n_train) if deletion_probabilities else None
+        sharding = (config or SISAConfig()).sharding
+        if probs is not None and sharding != "distribution":
+            raise EraseError("deletion probabilities are only used by SISA with sharding=distribution (--set sharding=distribution)")
     # retrain's config is the training recipe, shared by the original model it is compared with
     train = config.train if method == "retrain" and config is not None else None
     sc = prepare_scenario(data, forget_spec, seed, train=train)
     if spec.model_kind == "sisa":
-        probs = read_probabilities(deletion_probabilities, data.n_train) if deletion_probabilities else None
         return run_sisa(sc, config, probs)
     return run_torch_method(sc, method, config)
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from erase.classifier.options import COUNT, NON_NEGATIVE, POSITIVE, check
 from erase.errors import EraseError
 
 
@@ -56,6 +57,9 @@ class TrainConfig:
     lr: float = field(default=3e-3, metadata={"help": "Adam learning rate"})
     batch_size: int = field(default=64, metadata={"help": "minibatch size"})
     weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
+
+    def __post_init__(self):
+        check(self, {"epochs": COUNT, "lr": POSITIVE, "batch_size": COUNT, "weight_decay": NON_NEGATIVE})
 
 
 def _as_tensor(x) -> torch.Tensor:

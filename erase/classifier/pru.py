@@ -28,6 +28,7 @@ import numpy as np
 
 from erase.classifier.data import retain_indices, validate_indices
 from erase.classifier.linear import LinearModel, _sigmoid, design, fit_linear, regulariser
+from erase.classifier.options import NON_NEGATIVE, check
 from erase.errors import EraseError
 
 
@@ -36,6 +37,9 @@ class PRUConfig:
     """Projective Residual Update."""
 
     eig_tol: float = field(default=1e-10, metadata={"help": "eigenvalues of X_K X_K^T below this are dropped (pseudo-inverse)"})
+
+    def __post_init__(self):
+        check(self, {"eig_tol": NON_NEGATIVE})
 
 
 @dataclass
@@ -63,6 +67,13 @@ def prepare(model: LinearModel, X: np.ndarray, y: np.ndarray) -> PRUCache:
     check_linear(model)
     Xd = design(X, model.fit_intercept)
     y = np.asarray(y, dtype=np.float64)
+    if Xd.ndim != 2 or len(Xd) != len(y) or Xd.shape[1] != len(model.theta):
+        raise EraseError(
+            f"PRU data do not match the model: X has shape {np.shape(X)}, y has {len(y)} values, "
+            f"the model has {len(model.theta)} parameters"
+        )
+    if model.kind == "logistic" and not np.all((y == 0) | (y == 1)):
+        raise EraseError("PRU on logistic regression needs the binary 0/1 labels the model was fitted on")
     if model.kind == "ridge":
         w = np.ones(len(y))
         z = y
@@ -88,10 +99,15 @@ def leave_k_out_predictions(cache: PRUCache, theta: np.ndarray, K: np.ndarray) -
     Zk = cache.Z[:, K]
     H = Zk.T @ Zk  # H_KK, O(k^2 d)
     one_minus = 1.0 - np.diag(H)
+    if np.any(one_minus <= 1e-12):
+        raise EraseError("a deleted point has leverage 1 (no other point constrains its direction); use lam > 0")
     r = (zk - Xk @ theta) / one_minus
     T = H / one_minus[:, None]
     np.fill_diagonal(T, 0.0)
-    e = np.linalg.solve(np.eye(len(K)) - T, r)
+    try:
+        e = np.linalg.solve(np.eye(len(K)) - T, r)
+    except np.linalg.LinAlgError:
+        raise EraseError("deleting these points leaves a singular least-squares problem; use lam > 0") from None
     return (zk - e) / sw  # back to z units
 
 

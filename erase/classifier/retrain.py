@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from erase.classifier.models import TrainConfig, train_classifier
+from erase.errors import EraseError
 
 
 @dataclass
@@ -23,6 +24,18 @@ class RetrainConfig:
     """Retrain from scratch on the retain set (same recipe as the original model)."""
 
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training recipe of the original model"})
+
+    def __post_init__(self):
+        if isinstance(self.train, dict):
+            import dataclasses
+
+            names = {f.name for f in dataclasses.fields(TrainConfig)}
+            bad = [k for k in self.train if k not in names]
+            if bad:
+                raise EraseError(f"unknown option train.{bad[0]!r} for retrain; options: {', '.join(sorted(names))}")
+            self.train = TrainConfig(**self.train)
+        if not isinstance(self.train, TrainConfig):
+            raise EraseError(f"Retrain option train must be a mapping of training options, got {self.train!r}")
 
 
 def fresh_copy(model: nn.Module, seed: int) -> nn.Module:

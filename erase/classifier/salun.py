@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from erase.classifier.options import COUNT, MOMENTUM, NON_NEGATIVE, POSITIVE, check
 from erase.errors import EraseError
 from erase.saliency import SaliencyMask, accumulate_gradients, compute_mask, mask_fraction
 
@@ -38,6 +39,12 @@ class SalUnConfig:
     epochs: int = field(default=10, metadata={"help": "passes over D_f + D_r (paper 10)"})
     batch_size: int = field(default=64, metadata={"help": "minibatch size (paper 256)"})
     saliency_batch_size: int = field(default=64, metadata={"help": "batch size of the saliency pass over D_f"})
+
+    def __post_init__(self):
+        check(self, {
+            "mask_fraction": (float, 0.0, 1.0, False, True), "lr": POSITIVE, "momentum": MOMENTUM,
+            "weight_decay": NON_NEGATIVE, "epochs": COUNT, "batch_size": COUNT, "saliency_batch_size": COUNT,
+        })
 
 
 def random_other_labels(y: np.ndarray, n_classes: int, rng: np.random.Generator) -> np.ndarray:

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from erase.classifier.models import TrainConfig, save_tensors, seeded, train_classifier
+from erase.classifier.options import COUNT, POSITIVE, check
 from erase.errors import EraseError
 
 
@@ -58,6 +59,14 @@ class SISAConfig:
     aggregation: str = field(default="vote", metadata={"help": "'vote' (majority label) or 'softmax' (mean probabilities)"})
     sharding: str = field(default="uniform", metadata={"help": "'uniform' or 'distribution' (needs deletion probabilities)"})
     checkpoint_dir: str | None = field(default=None, metadata={"help": "folder for safetensors checkpoints; None keeps them in memory"})
+
+    def __post_init__(self):
+        check(self, {
+            "shards": COUNT, "slices": COUNT, "epochs_per_slice": COUNT, "lr": POSITIVE, "batch_size": COUNT,
+            "aggregation": ("vote", "softmax"), "sharding": ("uniform", "distribution"),
+        })
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, str):
+            raise EraseError(f"SISA option checkpoint_dir must be a folder name or null, got {self.checkpoint_dir!r}")
 
 
 @dataclass
@@ -210,9 +219,13 @@ class SISAModel:
     # ---- training -------------------------------------------------------------------------
     def fit(self, X, y, assignment: Assignment | None = None, deletion_probabilities=None) -> "SISAModel":
         cfg = self.config
-        self.X = torch.as_tensor(np.asarray(X), dtype=torch.float32)
-        self.y = torch.as_tensor(np.asarray(y), dtype=torch.long)
-        n = len(self.y)
+        X = torch.as_tensor(np.asarray(X), dtype=torch.float32)
+        y = torch.as_tensor(np.asarray(y), dtype=torch.long)
+        n = len(y)
+        if len(X) != n:
+            raise EraseError(f"SISA got {len(X)} samples but {n} labels")
+        if deletion_probabilities is not None and (assignment is not None or cfg.sharding != "distribution"):
+            raise EraseError("deletion probabilities are only used by sharding=distribution (without a given assignment)")
         if assignment is None:
             if cfg.sharding == "distribution":
                 if deletion_probabilities is None:
@@ -227,6 +240,7 @@ class SISAModel:
         if len(assignment.shard) != n:
             raise EraseError(f"assignment covers {len(assignment.shard)} samples, the data has {n}")
         _check_sizes(n, assignment.n_shards, assignment.n_slices)
+        self.X, self.y = X, y
         self.assignment = assignment
         self.alive = np.ones(n, dtype=bool)
         self.models = [None] * assignment.n_shards
@@ -257,6 +271,10 @@ class SISAModel:
         self.models[s] = model.eval() if len(self._prefix_ids(s, self.assignment.n_slices - 1)) else None
         return count
 
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "assignment"):
+            raise EraseError("this SISAModel is not trained yet: call fit(X, y) first")
+
     # ---- unlearning -----------------------------------------------------------------------
     def full_cost(self) -> int:
         """Samples a from-scratch SISA retrain of the current data would train (same unit as ``delete``)."""
@@ -266,6 +284,7 @@ class SISAModel:
         """Unlearn training samples ``ids``; retrains only the affected shards from their last valid checkpoint."""
         from erase.classifier.data import validate_indices
 
+        self._check_fitted()
         ids = validate_indices(ids, len(self.alive), allow_all=True)
         gone = ids[~self.alive[ids]]
         if gone.size:
@@ -298,6 +317,7 @@ class SISAModel:
     # ---- inference ------------------------------------------------------------------------
     @torch.no_grad()
     def predict_proba(self, X) -> np.ndarray:
+        self._check_fitted()
         X = torch.as_tensor(np.asarray(X), dtype=torch.float32)
         live = [m for m in self.models if m is not None]
         out = None
