@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from erase.classifier.models import head_layer, set_module
+from erase.classifier.options import COUNT, MOMENTUM, NON_NEGATIVE, POSITIVE, check
 from erase.errors import EraseError
 
 
@@ -40,6 +41,9 @@ class BoundaryShrinkConfig:
     epochs: int = field(default=10, metadata={"help": "passes over D_f (paper 10)"})
     batch_size: int = field(default=64, metadata={"help": "minibatch size (paper 64)"})
 
+    def __post_init__(self):
+        check(self, {"epsilon": POSITIVE, "lr": POSITIVE, "momentum": MOMENTUM, "epochs": COUNT, "batch_size": COUNT})
+
 
 @dataclass
 class BoundaryExpandConfig:
@@ -49,6 +53,9 @@ class BoundaryExpandConfig:
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum (paper 0.9)"})
     epochs: int = field(default=10, metadata={"help": "passes over D_f (paper 10)"})
     batch_size: int = field(default=64, metadata={"help": "minibatch size (paper 64)"})
+
+    def __post_init__(self):
+        check(self, {"lr": POSITIVE, "momentum": MOMENTUM, "epochs": COUNT, "batch_size": COUNT})
 
 
 def _tensors(X, y) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,10 +137,11 @@ def boundary_expand(
     unlearned = copy.deepcopy(model)
     name, head = head_layer(unlearned)
     K = head.out_features
-    wide = nn.Linear(head.in_features, K + 1, bias=head.bias is not None)
-    with torch.random.fork_rng(devices=[]):
+    like = {"bias": head.bias is not None, "device": head.weight.device, "dtype": head.weight.dtype}
+    with torch.random.fork_rng(devices=[]):  # layer construction draws weights: keep the global RNG as it was
         torch.manual_seed(int(seed))
-        wide.reset_parameters()  # the shadow row gets a fresh default init
+        wide = nn.Linear(head.in_features, K + 1, **like)  # the shadow row gets a fresh default init
+        pruned = nn.Linear(head.in_features, K, **like)
     with torch.no_grad():
         wide.weight[:K] = head.weight
         if head.bias is not None:
@@ -142,7 +150,6 @@ def boundary_expand(
     shadow = torch.full((len(X),), K, dtype=torch.long)
     _finetune(unlearned, X, shadow, cfg.lr, cfg.momentum, cfg.epochs, cfg.batch_size, seed)
     # Prune the shadow neuron: back to K outputs.
-    pruned = nn.Linear(head.in_features, K, bias=head.bias is not None)
     with torch.no_grad():
         pruned.weight.copy_(wide.weight[:K])
         if head.bias is not None:
