@@ -26,7 +26,20 @@ from erase.models import default_mixed_precision, is_toyworld
 from erase.prompts import prompt_source_for
 from erase.training import ProgressFn, select_parameters
 
-__all__ = ["ErasureResult", "erase_concepts", "normalise_concepts", "config_for"]
+__all__ = ["ErasureResult", "erase_concepts", "normalise_concepts", "config_for", "load_unet_tensors"]
+
+
+def load_unet_tensors(pipe, values: Mapping[str, torch.Tensor]) -> None:
+    """Copy tensors (keyed like ``unet.named_parameters()``) into ``pipe.unet``, checking names and shapes."""
+    params = dict(pipe.unet.named_parameters())
+    missing = [n for n in values if n not in params]
+    if missing:
+        raise EraseError(f"this UNet has no tensor {missing[0]!r}: the delta was made for another model")
+    with torch.no_grad():
+        for n, v in values.items():
+            if params[n].shape != v.shape:
+                raise EraseError(f"tensor {n!r} has shape {tuple(v.shape)}, the UNet's is {tuple(params[n].shape)}")
+            params[n].copy_(v.to(params[n].device, params[n].dtype))
 
 
 @dataclass
@@ -57,24 +70,13 @@ class ErasureResult:
             "stats": json.dumps({k: v for k, v in self.stats.items() if k != "mask"}, default=str),
         }
 
-    def _load(self, pipe, values: Mapping[str, torch.Tensor]) -> None:
-        params = dict(pipe.unet.named_parameters())
-        missing = [n for n in values if n not in params]
-        if missing:
-            raise EraseError(f"this UNet has no tensor {missing[0]!r}: the delta was made for another model")
-        with torch.no_grad():
-            for n, v in values.items():
-                if params[n].shape != v.shape:
-                    raise EraseError(f"tensor {n!r} has shape {tuple(v.shape)}, the UNet's is {tuple(params[n].shape)}")
-                params[n].copy_(v.to(params[n].device, params[n].dtype))
-
     def apply(self, pipe) -> None:
         """Write the erased values into ``pipe.unet``."""
-        self._load(pipe, self.tensors)
+        load_unet_tensors(pipe, self.tensors)
 
     def restore(self, pipe) -> None:
         """Write the base model's values back into ``pipe.unet``."""
-        self._load(pipe, self.original)
+        load_unet_tensors(pipe, self.original)
 
     @contextmanager
     def applied(self, pipe):
@@ -85,7 +87,7 @@ class ErasureResult:
         try:
             yield pipe
         finally:
-            self._load(pipe, saved)
+            load_unet_tensors(pipe, saved)
 
 
 def normalise_concepts(concepts: str | Sequence[str]) -> list[str]:
@@ -159,7 +161,7 @@ def erase_concepts(
     try:
         stats = spec.run(job, cfg)
     except BaseException as e:
-        ErasureResult("", [], "", {}, {}, snapshot)._load(pipe, snapshot)
+        load_unet_tensors(pipe, snapshot)
         if isinstance(e, torch.cuda.OutOfMemoryError) or (
             isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e))
         ):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from erase.api import ErasureResult
+from erase.api import ErasureResult, load_unet_tensors
 from erase.errors import EraseError
 from erase.models import TOYWORLD_MARKER, is_toyworld
 
@@ -117,7 +117,7 @@ def load_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 def apply_delta(pipe, path: str | Path) -> dict[str, str]:
     """Write a delta's tensors into ``pipe.unet`` (in memory); returns the delta's metadata."""
     tensors, meta = load_delta(path)
-    ErasureResult("", [], "", {}, tensors, {})._load(pipe, tensors)
+    load_unet_tensors(pipe, tensors)
     return meta
 
 
