@@ -23,35 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from erase.errors import EraseError  # noqa: E402
 
 
-def _parse_value(text: str):
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 def load_overrides(config_file: str | None, sets: list[str]) -> dict:
-    import yaml
+    """Options from a YAML file, then --set key=value pairs (parsed as in scripts/erase.py)."""
+    from erase.cli import parse_sets
+    from erase.methods import read_yaml
 
-    out: dict = {}
-    if config_file:
-        p = Path(config_file)
-        if not p.is_file():
-            raise EraseError(f"config file not found: {config_file}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise EraseError(f"config file {config_file} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise EraseError(f"config file {config_file} must hold a mapping of options")
-        out.update(data)
-    for item in sets:
-        if "=" not in item:
-            raise EraseError(f"malformed --set {item!r}; use key=value")
-        k, v = item.split("=", 1)
-        out[k.strip()] = _parse_value(v)
+    out = read_yaml(config_file) if config_file else {}
+    out.update(parse_sets(sets))
     return out
 
 

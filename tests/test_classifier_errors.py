@@ -100,7 +100,7 @@ def _cli():
         (["--method", "salun", "--dataset", "digits", "--forget", "class:10"], "unknown class 10"),
         (["--method", "boundary-shrink", "--dataset", "diabetes", "--forget", "k:3"], "classification dataset"),
         (["--method", "sisa", "--dataset", "digits", "--forget", "k:3", "--set", "shards=5000"], "S=5000"),
-        (["--method", "salun", "--dataset", "digits", "--forget", "k:3", "--set", "lr"], "malformed --set 'lr'"),
+        (["--method", "salun", "--dataset", "digits", "--forget", "k:3", "--set", "lr"], "--set expects key=value, got 'lr'"),
         (["--method", "sisa", "--dataset", "digits", "--forget", "k:3", "--set", "sharding=distribution"], "needs per-sample deletion probabilities"),
         (["--method", "sisa", "--dataset", "digits", "--forget", "k:3", "--deletion-probabilities", "/nonexistent/p.txt"], "not found: /nonexistent/p.txt"),
         (["--method", "salun", "--dataset", "digits", "--forget", "k:3", "--deletion-probabilities", "p.txt"], "SISA option"),
