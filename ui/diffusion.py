@@ -241,17 +241,22 @@ class DiffusionCallbacks:
         with user_errors("compare"):
             concept_prompts, kept_prompts = self.comparison_prompts(pipe, result, n_prompts)
             jobs = [(p, s, "concept") for p in concept_prompts for s in seeds] + [(p, s, "kept") for p in kept_prompts for s in seeds]
-            before, after = [], []
-            chunk = 4
-            with ENGINE_LOCK:
+            chunk, total = 4, 2 * len(jobs)
+
+            def render(label: str, offset: int) -> list:
+                images = []
                 for i in range(0, len(jobs), chunk):
                     if session.cancel.is_set():
                         raise gr.Error("Rendering cancelled.", title="Cancelled", print_exception=False)
-                    progress((i, len(jobs)), desc="rendering original and erased model", unit="pairs")
+                    progress((offset + i, total), desc=f"rendering the {label} model", unit="images")
                     part = jobs[i : i + chunk]
-                    ps, ss = [j[0] for j in part], [j[1] for j in part]
-                    before += generate(pipe, ps, ss, steps=steps, guidance_scale=guidance)
-                    after += generate(pipe, ps, ss, steps=steps, guidance_scale=guidance, result=result)
+                    images += generate(pipe, [j[0] for j in part], [j[1] for j in part], steps=steps, guidance_scale=guidance)
+                return images
+
+            with ENGINE_LOCK:
+                before = render("original", 0)
+                with result.applied(pipe):  # one swap in and out for all the erased images
+                    after = render("erased", len(jobs))
         galleries = {}
         for group in ("concept", "kept"):
             idx = [i for i, j in enumerate(jobs) if j[2] == group]
