@@ -210,10 +210,13 @@ def test_bad_input_shows_message_and_server_keeps_running(server, model, concept
 
 
 def test_sessions_are_separate_and_cancel_restores(server, erased, model, concept):
-    """A second tab sees none of the first tab's erasure; cancelling a run leaves the model as it was."""
+    """Tabs do not see or disturb each other's erasures; cancelling a run leaves the model as it was."""
     import time
 
     demo, url = server
+    first = erased[0]
+    mine = images(first.predict(1, "0", 2, 7.5, api_name="/compare")[1])  # the first tab's erased images
+
     other = client_for(url)
     loaded = other.predict(model, api_name="/load_model")
     with pytest.raises(AppError, match="erase a concept first"):
@@ -231,15 +234,24 @@ def test_sessions_are_separate_and_cancel_restores(server, erased, model, concep
         time.sleep(0.2)
     else:
         pytest.fail(f"the run never reported training progress: {job.status()}")
+    # the first tab asks for its images while the second tab's run holds the engine: it waits its turn
+    waiting = first.submit(1, "0", 2, 7.5, api_name="/compare")
     assert "Cancelling" in other.predict(api_name="/cancel")
     with pytest.raises(AppError, match="cancelled"):
         job.result(timeout=60)
     for k, v in pipe.unet.state_dict().items():
         assert np.array_equal(v.numpy(), before[k].numpy()), f"cancel left {k} modified"
-    # the first session's erasure is still there
-    client = erased[0]
-    out = client.predict(1, "0", 2, 7.5, api_name="/compare")
-    assert len(out[1]) >= 1
+    assert all(np.array_equal(x, y) for x, y in zip(images(waiting.result(timeout=120)[1]), mine))
+
+    # a finished erasure in the second tab (stronger) changes nothing the first tab sees
+    values = settings_values(demo, loaded, "fmn", **(fast_fmn(model) | {"lr": 10 * fast_fmn(model)["lr"]}))
+    other.predict([concept], "fmn", *values, api_name="/erase")
+    theirs = images(other.predict(1, "0", 2, 7.5, api_name="/compare")[1])
+    again = images(first.predict(1, "0", 2, 7.5, api_name="/compare")[1])
+    assert all(np.array_equal(x, y) for x, y in zip(again, mine))
+    assert any(not np.array_equal(x, y) for x, y in zip(theirs, mine))
+    for k, v in pipe.unet.state_dict().items():
+        assert np.array_equal(v.numpy(), before[k].numpy()), f"the shared pipeline was left modified: {k}"
 
 
 def test_classifier_tab_runs_against_retrain(server):
