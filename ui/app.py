@@ -45,7 +45,7 @@ def build_app(model: str | None = None, *, config: str | None = None, cache: Mod
     judge = {"judge_seeds": judge_seeds} if judge_seeds else {}
     cb = DiffusionCallbacks(cache, settings, Path(work_root) if work_root else None, judge_steps=judge_steps, **judge)
 
-    with gr.Blocks(title="erase") as demo:
+    with gr.Blocks(title="erase", analytics_enabled=False) as demo:  # a local tool: no telemetry
         session = gr.State(Session(), delete_callback=close_session)
         gr.Markdown(HELP)
         with gr.Tab("Concept erasure (diffusion)", id="diffusion"):
