@@ -142,7 +142,7 @@ def test_erase_compare_export_and_reload(server, erased, model, concept, tmp_pat
         assert {r[0] for r in rows} == {"original", "erased"}
         for r in rows:
             for v in r[3:6]:  # UA, IRA, CRA
-                assert 0.0 <= v <= 1.0
+                assert 0.0 <= v <= 100.0
     else:
         assert "bundled" in note
 

@@ -104,6 +104,6 @@ def test_bundled_model_suggests_concepts_shows_presets_and_scores(served):
         assert [r[0] for r in rows["data"]] == ["original", "erased"]
         for r in rows["data"]:
             assert r[1] == "circle" and r[2] == "shape"
-            assert all(0.0 <= v <= 1.0 for v in r[3:6])  # UA, IRA, CRA
+            assert all(0.0 <= v <= 100.0 for v in r[3:6])  # UA, IRA, CRA in %
     else:  # the judge's weights are not there: the page says so instead of failing
         assert "judge" in note.lower()

@@ -25,7 +25,7 @@ log = logging.getLogger("erase.app")
 # The judge scores every shape x colour x style prompt (108 images per seed) for each model: one
 # seed keeps that to a few minutes on a CPU; the original model's scores are computed once.
 JUDGE_SEEDS = (0,)
-METRIC_COLUMNS = ["model", "concept", "kind", "UA", "IRA", "CRA", "distance", "seconds"]
+METRIC_COLUMNS = ["model", "concept", "kind", "UA %", "IRA %", "CRA %", "distance", "seconds"]
 
 
 @contextmanager
@@ -305,10 +305,13 @@ class DiffusionCallbacks:
                     except EraseError as e:
                         notes.append(f"'{c}': {e}")
                         break
-                    rows.append([label, s.get("concept", c), s.get("kind", ""),
-                                 *(round(float(s[k]), 3) if k in s else None for k in ("UA", "IRA", "CRA", "distance", "seconds"))])
+                    shares = [round(100 * float(s[k]), 1) if k in s else None for k in ("UA", "IRA", "CRA")]
+                    rest = [round(float(s[k]), 2) if k in s else None for k in ("distance", "seconds")]
+                    rows.append([label, s.get("concept", c), s.get("kind", ""), *shares, *rest])
         note = ("UA: share of the concept's images the judge no longer recognises (higher = more forgotten); "
-                "IRA / CRA: accuracy on other concepts of the same / other kinds (higher = more kept).")
+                "IRA / CRA: judge accuracy on other concepts of the same / other kinds (higher = more kept); "
+                "distance: Fréchet distance of the judge's features to renders of the same prompts (lower = closer). "
+                f"Every prompt of the world, seeds {', '.join(map(str, self.judge_kw['seeds']))}.")
         if notes:
             note += " " + " ".join(notes)
         return rows, note
