@@ -1,4 +1,5 @@
-"""The app in headless Chromium: open → (model loads) → pick method and concept → erase → compare.
+"""The app in headless Chromium: open → (model loads) → pick method and concept → erase → compare,
+then the classifier tab.
 
 Needs Debian's ``chromium`` at /usr/bin/chromium and Playwright's Python package (no browser
 download). Saves a screenshot to the test's tmp folder, and also to $ERASE_APP_SCREENSHOT when
@@ -132,5 +133,19 @@ def test_load_erase_compare_in_browser(app_url, tmp_path):
             assert page.locator("#heatmaps img").count() >= 4
             assert concept in page.locator("#erase-status").inner_text()
             assert shot.stat().st_size > 10_000
+
+            # the classifier tab: a quick exact-deletion run (PRU) and its table against retraining
+            page.get_by_role("tab", name="Classifier unlearning (digits)").click()
+            method = page.locator("#clf-method input")
+            method.click()
+            method.fill("pru")
+            method.press("Enter")
+            _fill(page, "clf-forget", "k:10")
+            page.locator("#clf-run").click()
+            page.wait_for_function(
+                "() => document.querySelector('#clf-summary').innerText.includes('retrain')", timeout=120_000)
+            assert "pru" in page.locator("#clf-summary").inner_text()
+            table = page.locator("#clf-table").inner_text()
+            assert "retrain" in table and "newton" in table
         finally:
             browser.close()
