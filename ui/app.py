@@ -166,8 +166,7 @@ def build_app(model: str | None = None, *, config: str | None = None, cache: Mod
             cb.heatmaps, heat_inputs, heat, api_name="heatmaps_after_erase", **private).success(
             cb.scores, [session, score], [metrics, metrics_note], api_name="scores_after_erase", **private)
         cancel_btn.click(cb.cancel, session, erase_status, queue=False, api_name="cancel")
-        compare_btn.click(cb.compare, compare_inputs, compare_outputs, api_name="compare", **ENGINE).success(
-            cb.scores, [session, score], [metrics, metrics_note], api_name="scores_after_compare", **private)
+        compare_btn.click(cb.compare, compare_inputs, compare_outputs, api_name="compare", **ENGINE)
         score_btn.click(cb.score_now, session, [metrics, metrics_note], api_name="scores", **ENGINE)
         heat_btn.click(cb.heatmaps, heat_inputs, heat, api_name="heatmaps", **ENGINE)
         delta_btn.click(cb.export_delta, session, delta_file, api_name="export_delta", **ENGINE)
