@@ -138,3 +138,19 @@ def test_out_of_memory_is_a_clear_error_and_restores(tiny_pipe, monkeypatch):
         erase_concepts(tiny_pipe, "van gogh", "fmn", FAST_FMN)
     monkeypatch.setattr(fmn.Trainer, "run", real)
     assert all(torch.equal(before[n], p) for n, p in _unet_state(tiny_pipe).items())
+
+
+def test_user_images_replace_generated_forget_data(tiny_pipe):
+    from PIL import Image
+
+    from erase.methods.job import ErasureJob
+    from erase.prompts import prompt_source_for
+
+    images = [Image.new("RGB", (40, 40), c) for c in ("red", "blue", "green")]
+    job = ErasureJob(pipe=tiny_pipe, concepts=["van gogh"], prompts=prompt_source_for(tiny_pipe), images={"van gogh": images})
+    forget = job.forget_set(99, steps=2, guidance_scale=1.0, seed=0)
+    assert len(forget) == 3 and forget.latents.shape[1:] == (4, 8, 8)
+    assert all("van gogh" in p for p in forget.prompts)
+    assert not any("van gogh" in a for a in forget.anchor_prompts)  # c′ drops the concept
+    r = erase_concepts(tiny_pipe, "van gogh", "fmn", FAST_FMN, images={"van gogh": images})
+    assert r.stats["steps"] == FAST_FMN["steps"]
