@@ -90,5 +90,5 @@ register(
     # nothing (star UA 0); 5e-4 gave star 61/97/82, red 89/83/89, striped 14/94/82; 1e-3 wrecked
     # the other kinds (CRA 50 on an earlier model). FMN alone does not reach the 90/90/90 bar here.
     toyworld={"lr": 5e-4, "steps": 35, "scope": "cross_attn", "n_forget_images": 16, "batch_size": 4,
-              "generation_steps": 15, "guidance_scale": 3.0},
+              "generation_steps": 15},
 )

@@ -151,5 +151,5 @@ register(
     # lr 1e-3 with alpha 0.5 gave UA/IRA/CRA 94/94/89, 100/83/94, 97/89/92; 5e-4 left striped at
     # UA 64; alpha 2 kept more but forgot less (UA 61-78). Its small UNet needs a larger step than SD's.
     toyworld={"lr": 1e-3, "epochs": 4, "scope": "cross_attn", "n_forget_images": 32, "n_retain_images": 64, "batch_size": 8,
-              "generation_steps": 15, "guidance_scale": 3.0},
+              "generation_steps": 15},
 )
