@@ -64,8 +64,27 @@ def test_unknown_concept_is_a_clear_error(pipe):
 
 
 def test_unmodified_model_keeps_its_concepts(pipe, judge):
-    s = erasure_scores(pipe, "green", seeds=(0,), steps=10, judge=judge, max_retain=30)
-    assert s["kind"] == "colour" and s["n_forget"] == 18 and s["n_retain"] == 30
+    s = erasure_scores(pipe, "green", seeds=(0,), steps=8, judge=judge, max_retain=18)
+    assert s["kind"] == "colour" and s["n_forget"] == 18 and s["n_retain"] == 18
     assert s["UA"] <= 0.3, s  # the untouched model still draws green
     assert s["IRA"] >= 0.7 and s["CRA"] >= 0.6, s
     assert s["distance"] >= 0 and s["seconds"] > 0
+
+
+def test_metrics_see_a_concept_swapped_out(pipe, judge):
+    """Give "green" the embedding of "red": prompts naming green now draw red, so UA is high."""
+    import torch
+
+    tok = pipe.tokenizer
+    green, red = tok.convert_tokens_to_ids("green</w>"), tok.convert_tokens_to_ids("red</w>")
+    emb = pipe.text_encoder.get_input_embeddings().weight
+    saved = emb[green].detach().clone()
+    try:
+        with torch.no_grad():
+            emb[green] = emb[red]
+        s = erasure_scores(pipe, "green", seeds=(0,), steps=8, judge=judge, max_retain=6)
+    finally:
+        with torch.no_grad():
+            emb[green] = saved
+    assert s["UA"] >= 0.8, s
+    assert s["IRA"] >= 0.7, s  # the other colours are untouched
