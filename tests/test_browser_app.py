@@ -136,10 +136,9 @@ def test_load_erase_compare_in_browser(app_url, tmp_path):
 
             # the classifier tab: a quick exact-deletion run (PRU) and its table against retraining
             page.get_by_role("tab", name="Classifier unlearning (digits)").click()
-            method = page.locator("#clf-method input")
-            method.click()
-            method.fill("pru")
-            method.press("Enter")
+            page.locator("#clf-method input").click()
+            page.get_by_role("option", name="pru", exact=True).click()
+            page.wait_for_function("() => document.querySelector('#clf-method input').value === 'pru'", timeout=10_000)
             _fill(page, "clf-forget", "k:10")
             page.locator("#clf-run").click()
             page.wait_for_function(
