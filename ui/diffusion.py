@@ -330,7 +330,10 @@ class DiffusionCallbacks:
         items = []
         with user_errors("draw the heat maps"), ENGINE_LOCK:
             source = prompt_source_for(pipe, result.config.get("templates"))
+            session.cancel.clear()
             for c in result.concepts:
+                if session.cancel.is_set():
+                    raise gr.Error("Heat maps cancelled.", title="Cancelled", print_exception=False)
                 progress(None, desc=f"cross-attention of '{c}'")
                 maps = None
                 for prompt in source.concept_prompts(c)[:8]:
