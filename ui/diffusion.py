@@ -17,6 +17,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from erase.models import is_toyworld
 from ui.settings import Setting, config_values, defaults_for
 from ui.state import BUNDLED, ENGINE_LOCK, ModelCache, Session, model_key
 
@@ -90,35 +91,11 @@ def zip_folder(folder: Path, archive: Path) -> Path:
     return archive
 
 
-def is_toyworld(pipe) -> bool:
-    """A model of the bundled concept world (the bundled one or a folder exported from it)."""
-    try:
-        from erase.models import is_toyworld as engine_is_toyworld
-    except ImportError:  # older engine: only the bundled model itself
-        info = getattr(pipe, "erase_info", None)
-        return info is not None and info.kind == "bundled"
-    return engine_is_toyworld(pipe)
-
-
 def known_concepts(pipe) -> list[str]:
-    if not is_toyworld(pipe):
-        return []
-    try:
-        from erase.toyworld.concepts import all_concepts
+    """The concepts a toy-world model knows (suggested in the concept box); none for other models."""
+    from erase.toyworld.concepts import all_concepts
 
-        return list(all_concepts())
-    except ImportError:
-        from erase.toyworld import KINDS
-
-        return [c for names in KINDS.values() for c in names]
-
-
-def scores_available() -> bool:
-    try:
-        from erase.toyworld.metrics import erasure_scores  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return list(all_concepts()) if is_toyworld(pipe) else []
 
 
 class DiffusionCallbacks:
@@ -281,11 +258,8 @@ class DiffusionCallbacks:
             return [], "Judge scores (UA/IRA/CRA) exist for the bundled toy-world model (and models exported from it) only."
         if not score:
             return [], "Judge scores skipped (tick 'Score with the judge' or press 'Score now')."
-        try:
-            from erase.toyworld.metrics import erasure_scores
-        except ImportError as e:
-            return [], f"Judge scores unavailable in this build ({e})."
         from erase.errors import EraseError
+        from erase.toyworld.metrics import erasure_scores
 
         rows, notes = [], []
         with ENGINE_LOCK:
