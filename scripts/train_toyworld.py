@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", type=float, nargs="+", default=None, help="guidance scales for --evaluate")
     p.add_argument("--eval-steps", type=int, default=25, help="sampling steps for --evaluate")
     p.add_argument("--eval-seeds", type=int, default=1, help="images per prompt for --evaluate")
+    p.add_argument("--eval-template", type=int, default=0, help="caption template index for --evaluate")
     p.add_argument("--judge-dir", default=None, help="folder with judge.safetensors (default: bundled)")
     p.add_argument("--log", default=None, help="also append progress lines to this file")
     a = p.parse_args(argv)
@@ -86,8 +87,9 @@ def main(argv=None) -> int:
         judge = load_judge(a.judge_dir)
         for g in a.guidance or [DEFAULT_GUIDANCE]:
             t = time.time()
-            acc = generation_accuracy(pipe, seeds=range(a.eval_seeds), steps=a.eval_steps, guidance=g, judge=judge)
-            print(json.dumps({"guidance": g, "steps": a.eval_steps, **{k: round(v, 4) for k, v in acc.items()},
+            acc = generation_accuracy(pipe, seeds=range(a.eval_seeds), steps=a.eval_steps, guidance=g, judge=judge,
+                                      template=a.eval_template)
+            print(json.dumps({"guidance": g, "steps": a.eval_steps, "template": a.eval_template, **{k: round(v, 4) for k, v in acc.items()},
                               "seconds": round(time.time() - t, 1)}), flush=True)
         return 0
     if a.judge:
