@@ -33,3 +33,24 @@ def images_equal(a, b) -> bool:
     import numpy as np
 
     return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b, strict=True))
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for the app's tests)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bundled_available() -> bool:
+    """Whether the bundled toy-world weights are present and intact."""
+    from erase.errors import EraseError
+    from erase.toyworld import default_model_path
+
+    try:
+        default_model_path()
+        return True
+    except EraseError:
+        return False

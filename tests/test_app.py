@@ -6,7 +6,6 @@ pipeline folder (printed at the start, never skipped).
 
 from __future__ import annotations
 
-import socket
 import zipfile
 from pathlib import Path
 
@@ -19,22 +18,7 @@ from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def bundled_available() -> bool:
-    from erase.errors import EraseError
-
-    try:
-        from erase.toyworld import default_model_path
-
-        default_model_path()
-        return True
-    except EraseError:
-        return False
+from conftest import bundled_available, free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")

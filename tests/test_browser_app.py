@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -25,21 +24,7 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def bundled_available() -> bool:
-    from erase.errors import EraseError
-    from erase.toyworld import default_model_path
-
-    try:
-        default_model_path()
-        return True
-    except EraseError:
-        return False
+from conftest import bundled_available, free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")
