@@ -23,6 +23,7 @@ import torch
 
 from erase.api import ErasureResult, load_unet_tensors
 from erase.errors import EraseError
+from erase.files import replace_path
 from erase.models import TOYWORLD_MARKER, is_toyworld
 
 __all__ = ["export_diffusers", "export_delta", "load_delta", "apply_delta", "export_single_file", "atomic_path"]
@@ -40,13 +41,7 @@ def atomic_path(final: str | Path, overwrite: bool = False):
         yield tmp
         if tmp.is_file():
             os.chmod(tmp, 0o644)  # safetensors writes 0600; exports are meant to be shared
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            tmp.rename(final)
+        replace_path(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()

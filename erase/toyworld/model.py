@@ -11,6 +11,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from erase.files import replace_path
 from erase.toyworld import tokenizer as tok
 from erase.toyworld.render import SIZE
 
@@ -139,14 +140,7 @@ def save_pipeline(folder: Path, vae, unet, text_encoder, extra: dict | None = No
         for p in folder.iterdir():
             if p.is_file() and not (tmp / p.name).exists():
                 shutil.copy2(p, tmp / p.name)
-    old = folder.with_name(folder.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    if old.exists():
-        shutil.rmtree(old)
+    replace_path(tmp, folder)
 
 
 def config_dict(cfg: ModelConfig) -> dict:

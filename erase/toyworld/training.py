@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from erase.files import replace_path
 from erase.toyworld import model as M
 from erase.toyworld.concepts import COLOURS, SHAPES, STYLES, TEMPLATES, caption
 from erase.toyworld.render import sample_dataset, to_array
@@ -210,14 +210,7 @@ def save_checkpoint(cfg: TrainConfig, step: int, unet, ema, text_encoder, opt, g
     _save_tensors(tmp / "optimizer.safetensors", _opt_state(opt))
     _save_tensors(tmp / "rng.safetensors", {"torch": gen.get_state()})
     _save_json(tmp / "state.json", {"step": step, "numpy_rng": rng.bit_generator.state, "config": asdict(cfg)})
-    old = d.with_name(d.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if d.exists():
-        d.replace(old)
-    tmp.replace(d)
-    if old.exists():
-        shutil.rmtree(old)
+    replace_path(tmp, d)
 
 
 def train_diffusion(cfg: TrainConfig, resume: bool = True, progress: Progress = _noop,
