@@ -154,7 +154,7 @@ def erase_concepts(
     job = ErasureJob(pipe=pipe, concepts=concepts, prompts=prompt_source_for(pipe, cfg.templates),
                      mixed_precision=mp, progress=progress, images=images)
     job.concept_items()  # every concept must be placeable in its prompts before any work starts
-    trainable = select_parameters(pipe.unet, cfg.scope)
+    trainable = select_parameters(pipe.unet, cfg.parameter_scope())
     snapshot = {n: p.detach().to("cpu", copy=True) for n, p in trainable.items()}
     set_seed(cfg.seed)
     start = time.perf_counter()

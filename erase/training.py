@@ -19,7 +19,7 @@ from torch import nn
 from erase.errors import EraseError
 from erase.saliency import SaliencyMask
 
-SCOPES = ("full", "cross_attn", "cross_attn_kv")
+SCOPES = ("full", "cross_attn", "cross_attn_kv", "no_cross_attn")
 
 # progress(done, total, info) -> None; raise Cancelled inside it to stop the run.
 ProgressFn = Callable[[int, int, dict], None]
@@ -32,7 +32,8 @@ class Cancelled(Exception):
 
 
 def select_parameters(unet: nn.Module, scope: str) -> dict[str, nn.Parameter]:
-    """UNet parameters a method may change: 'full', 'cross_attn' (all of attn2) or 'cross_attn_kv'."""
+    """UNet parameters a method may change: 'full', 'cross_attn' (all of attn2), 'cross_attn_kv'
+    (attn2's to_k/to_v) or 'no_cross_attn' (everything but attn2: ESD-u)."""
     if scope not in SCOPES:
         raise EraseError(f"unknown trainable scope {scope!r}; choose from {', '.join(SCOPES)}")
     named = dict(unet.named_parameters())
@@ -40,6 +41,8 @@ def select_parameters(unet: nn.Module, scope: str) -> dict[str, nn.Parameter]:
         chosen = named
     elif scope == "cross_attn":
         chosen = {n: p for n, p in named.items() if ".attn2." in n}
+    elif scope == "no_cross_attn":
+        chosen = {n: p for n, p in named.items() if ".attn2." not in n}
     else:
         chosen = {n: p for n, p in named.items() if ".attn2.to_k." in n or ".attn2.to_v." in n}
     if not chosen:

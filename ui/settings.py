@@ -12,11 +12,13 @@ import re
 import typing
 from dataclasses import dataclass
 
-# Settings shown outside the "Advanced settings" accordion, per method (others fall back to lr
-# plus the method's own fields).
+# Settings shown outside the "Advanced settings" accordion, per method (others fall back to lr,
+# where the method has one, plus the method's own fields).
 MAIN = {
     "fmn": ("steps", "lr", "scope"),
     "salun": ("epochs", "lr", "alpha", "mask_fraction"),
+    "esd": ("train_method", "iterations", "lr", "negative_guidance"),
+    "uce": ("anchor", "preserve", "token_positions", "preserve_scale", "erase_scale"),
 }
 
 
@@ -80,7 +82,7 @@ def method_settings(method: str) -> list[Setting]:
     main = MAIN.get(spec.name)
     if main is None:
         own = [name for name, _, _ in methods.describe(spec.name) if name not in base]
-        main = ("lr", *own[:4])
+        main = (("lr",) if "lr" in hints else ()) + tuple(own[:4])
     out = []
     for name, default, help_text in methods.describe(spec.name):
         hint = hints.get(name, type(default))

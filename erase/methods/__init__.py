@@ -25,38 +25,64 @@ def option(default, help: str, **kw):
 
 
 @dataclass
-class MethodConfig:
-    """Settings every fine-tuning method shares."""
+class BaseConfig:
+    """Settings every method shares, closed-form or fine-tuning (as peft's PeftConfig)."""
 
-    scope: str = option("full", "trainable UNet parameters: full | cross_attn | cross_attn_kv")
+    seed: int = option(0, "seed for data generation, noise and timesteps")
+    mixed_precision: str = option("auto", "auto (bf16/fp16 on GPU, fp32 on CPU) | no | fp16 | bf16")
+    templates: list[str] | None = option(None, "concept prompt templates with '{}' (null: the model's defaults)")
+
+    def parameter_scope(self) -> str:
+        """Which UNet tensors the method may change (a scope of erase.training.select_parameters)."""
+        return self.scope
+
+    def validate(self) -> None:
+        from erase.training import SCOPES
+
+        if self.parameter_scope() not in SCOPES:
+            raise EraseError(f"scope must be one of {', '.join(SCOPES)}, got {self.parameter_scope()!r}")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise EraseError(f"mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise EraseError(f"seed must be an integer, got {self.seed!r}")
+        for t in self.templates or []:
+            if "{}" not in t:
+                raise EraseError(f"prompt template {t!r} has no '{{}}' placeholder for the concept")
+
+
+def check_positive(cfg, *names: str, integer: bool = True) -> None:
+    """EraseError naming the first of ``names`` that is not a positive integer (or number)."""
+    for name in names:
+        value = getattr(cfg, name)
+        kinds = int if integer else (int, float)
+        if not isinstance(value, kinds) or isinstance(value, bool) or not value > 0:
+            raise EraseError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
+
+
+@dataclass
+class MethodConfig(BaseConfig):
+    """Settings every fine-tuning method shares (a closed-form method derives from BaseConfig)."""
+
+    scope: str = option("full", "trainable UNet parameters: full | cross_attn | cross_attn_kv | no_cross_attn")
     lr: float = option(1e-5, "learning rate")
     optimizer: str = option("adamw", "adamw | adam")
     weight_decay: float = option(0.0, "optimizer weight decay")
     batch_size: int = option(1, "items per step")
     grad_clip: float | None = option(1.0, "max gradient norm (null: no clipping)")
     gradient_checkpointing: bool = option(False, "trade compute for memory in the UNet")
-    mixed_precision: str = option("auto", "auto (bf16/fp16 on GPU, fp32 on CPU) | no | fp16 | bf16")
-    seed: int = option(0, "seed for data generation, noise and timesteps")
     n_forget_images: int = option(8, "images generated per run from the concept prompts (data-free)")
     generation_steps: int = option(25, "sampling steps when generating training images")
     guidance_scale: float = option(7.5, "classifier-free guidance when generating training images")
-    templates: list[str] | None = option(None, "concept prompt templates with '{}' (null: the model's defaults)")
 
     def validate(self) -> None:
-        from erase.training import SCOPES
-
-        if self.scope not in SCOPES:
-            raise EraseError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
-        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
-            raise EraseError(f"mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
+        super().validate()
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise EraseError(f"lr must be a positive number, got {self.lr!r}")
+        if self.optimizer not in ("adamw", "adam"):
+            raise EraseError(f"optimizer must be adamw or adam, got {self.optimizer!r}")
         if self.weight_decay < 0:
             raise EraseError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        for name in ("batch_size", "n_forget_images", "generation_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise EraseError(f"{name} must be a positive integer, got {value!r}")
+        check_positive(self, "batch_size", "n_forget_images", "generation_steps")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise EraseError(f"grad_clip must be positive or null, got {self.grad_clip!r}")
 
