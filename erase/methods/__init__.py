@@ -104,7 +104,16 @@ def register(name: str, config_cls: type, run: Callable, summary: str, toyworld:
 
 
 def _load_builtin() -> None:
-    from erase.methods import fmn, salun  # noqa: F401  (each module registers itself)
+    """Import every method module of this package once (each registers itself)."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in _NOT_METHODS:
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_NOT_METHODS = {"job"}  # helper modules of this package that register nothing
 
 
 def available() -> list[str]:
