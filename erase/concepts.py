@@ -46,6 +46,7 @@ __all__ = [
     "concept_prompts",
     "anchor_prompt",
     "check_concept",
+    "mentions",
 ]
 
 
@@ -128,6 +129,19 @@ def anchor_prompt(prompt: str, concept: str, anchor: str | None = None) -> str:
         raise ConceptNotFoundError(f"concept {concept!r} not found in prompt {prompt!r}")
     out = prompt[:i] + (anchor or "") + prompt[i + len(concept) :]
     return " ".join(out.split())
+
+
+def _word_pattern(concept: str):
+    import re
+
+    words = [re.escape(w) for w in concept.split()]
+    # whole words only: "image" is not in "imagery", "paint" is not in "painting"
+    return re.compile(r"(?<![\w])" + r"\s+".join(words) + r"(?![\w])", re.IGNORECASE)
+
+
+def mentions(text: str, concept: str) -> bool:
+    """Whether ``text`` names ``concept`` as whole words (case-insensitive)."""
+    return bool(concept.strip()) and _word_pattern(concept).search(text) is not None
 
 
 def check_concept(tokenizer, concept: str) -> None:
