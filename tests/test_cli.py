@@ -37,7 +37,7 @@ def test_cli_writes_every_export(tiny_folder, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--method", "esd"], "unknown method"),
+        (["--method", "nope"], "unknown method"),
         (["--set", "steps=-3", "--method", "fmn"], "steps must be a positive integer"),
         (["--set", "mask_fraction=0"], "mask_fraction must be in (0, 1]"),
         (["--set", "nonsense"], "--set expects key=value"),

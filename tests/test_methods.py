@@ -86,7 +86,7 @@ def test_cancel_restores_the_unet(tiny_pipe):
         ("fmn", {"lr": -1e-3}, "lr must be a positive"),
         ("fmn", {"scope": "everything"}, "scope must be one of"),
         ("fmn", {"stepz": 3}, "unknown setting"),
-        ("esd", {}, "unknown method 'esd'"),
+        ("nope", {}, "unknown method 'nope'"),
     ],
 )
 def test_bad_settings(tiny_pipe, method, config, message):
