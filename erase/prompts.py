@@ -11,7 +11,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from erase.concepts import CONCEPT_TEMPLATES, GENERIC_RETAIN_PROMPTS, concept_prompts
+from erase.concepts import CONCEPT_TEMPLATES, GENERIC_RETAIN_PROMPTS, concept_prompts, mentions
+
+# Concepts whose outputs a closed-form edit keeps by default on a real Stable Diffusion model:
+# common objects, people, animals, places and art styles (UCE's preserve set is of this kind).
+DEFAULT_PRESERVE = (
+    "person", "man", "woman", "child", "face", "dog", "cat", "bird", "horse", "fish",
+    "car", "bicycle", "airplane", "boat", "train", "house", "building", "city", "street", "bridge",
+    "tree", "flower", "forest", "mountain", "river", "lake", "sea", "beach", "sky", "sunset",
+    "table", "chair", "book", "cup", "food", "fruit", "clothes", "shoe", "hat", "computer",
+    "painting", "photograph", "drawing", "sculpture", "portrait", "landscape", "cartoon", "anime",
+    "Claude Monet", "Pablo Picasso", "Rembrandt", "Salvador Dali", "Andy Warhol", "Frida Kahlo",
+)
 
 
 @dataclass
@@ -23,12 +34,25 @@ class PromptSource:
         return concept_prompts(concept, self.templates)
 
     def retain_prompts(self, concepts: Sequence[str]) -> list[str]:
-        low = [c.lower() for c in concepts]
-        return [p for p in self.retain if not any(c in p.lower() for c in low)]
+        return [p for p in self.retain if not any(mentions(p, c) for c in concepts)]
 
     def anchor(self, concept: str, erased: Sequence[str]) -> str:
         """Text that replaces the concept in c′ ('' removes it)."""
         return ""
+
+    def context_prompts(self, concept: str) -> list[str]:
+        """Prompts in which a closed-form edit reads the concept's text embeddings: the concept
+        prompts and the bare concept (a causal text encoder embeds a word by what precedes it)."""
+        return list(dict.fromkeys([*self.concept_prompts(concept), concept]))
+
+    def default_preserve(self, erased: Sequence[str]) -> list[str]:
+        """Concepts kept by default: a list of common ones, less any that names an erased concept."""
+        return [c for c in DEFAULT_PRESERVE if not any(mentions(c, e) or mentions(e, c) for e in erased)]
+
+    def preserve_prompts(self, preserve: Sequence[str], erased: Sequence[str]) -> list[str]:
+        """Context prompts of the preserved concepts that name no erased concept."""
+        out = [p for c in preserve for p in self.context_prompts(c)]
+        return [p for p in dict.fromkeys(out) if not any(mentions(p, e) for e in erased)]
 
 
 class ToyWorldPrompts(PromptSource):
@@ -53,6 +77,21 @@ class ToyWorldPrompts(PromptSource):
         for c in concepts[1:]:
             keep &= set(toyworld.retain_prompts(c))
         return sorted(keep)
+
+    def context_prompts(self, concept: str) -> list[str]:
+        """Every caption of the world naming the concept: all training templates and freer ones."""
+        from erase.toyworld.concepts import context_prompts
+
+        if self._custom_templates:
+            return super().context_prompts(concept)
+        return [p for p in context_prompts() if mentions(p, concept)]
+
+    def default_preserve(self, erased: Sequence[str]) -> list[str]:
+        """Every other concept of the world."""
+        from erase.toyworld.concepts import all_concepts
+
+        low = {e.lower() for e in erased}
+        return [c for c in all_concepts() if c not in low]
 
     def anchor(self, concept: str, erased: Sequence[str]) -> str:
         from erase import toyworld

@@ -7,6 +7,7 @@ one object with one value of each kind; a caption names them through one of a fe
 from __future__ import annotations
 
 import itertools
+import random
 
 from erase.errors import EraseError
 
@@ -47,13 +48,55 @@ def concept_kind(name: str) -> str:
     raise EraseError(f"the toy world has no concept {name!r}; known {known}")
 
 
+def _with_articles(text: str) -> str:
+    """Replace each "{a}" by the article that agrees with the next word."""
+    words = text.split()
+    for i, w in enumerate(words):
+        if w == "{a}":
+            nxt = words[i + 1] if i + 1 < len(words) else ""
+            words[i] = "an" if nxt[:1] in "aeiou" else "a"
+    return " ".join(words)
+
+
 def caption(shape: str, colour: str, style: str, template: int = 0) -> str:
     """One caption for an image, from TEMPLATES[template]."""
     t = TEMPLATES[template % len(TEMPLATES)]
-    first = t.split("{a}", 1)[1].split()[0] if "{a}" in t else ""
-    first = first.format(colour=colour, style=style, shape=shape)
-    article = "an" if first[:1] in "aeiou" else "a"
-    return " ".join(t.format(a=article, colour=colour, style=style, shape=shape).split())
+    return _with_articles(t.replace("{a}", " {a} ").format(a="{a}", colour=colour, style=style, shape=shape))
+
+
+# Pieces of the freer captions people write (every word is in the tokenizer's vocabulary).
+_PREFIXES = ("", "", "a drawing of", "a picture of", "a photo of", "an image of", "a painting of", "a sketch of", "one")
+_SIZES = ("", "", "", "small", "big", "large", "simple", "plain")
+_NOUNS = ("object", "shape", "thing")
+_SUFFIXES = ("", "", "", "on a white background", "on a light background", "in {style} style", ", {style}")
+
+
+def varied_captions(n: int = 3000, seed: int = 0) -> list[str]:
+    """``n`` seeded captions beyond the training templates: other prefixes and word orders, sizes,
+    attributes left out, a noun for a missing shape. Used to edit and probe concepts in contexts
+    other than the six templates the model was trained on."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        shape, colour, style = rng.choice(SHAPES), rng.choice(COLOURS), rng.choice(STYLES)
+        has_shape, has_colour = rng.random() < 0.8, rng.random() < 0.8
+        suffix = rng.choice(_SUFFIXES)
+        has_style = rng.random() < 0.7 and "{style}" not in suffix
+        words = [w for w, keep in ((colour, has_colour), (style, has_style)) if keep]
+        rng.shuffle(words)
+        size = rng.choice(_SIZES)
+        noun = shape if has_shape else rng.choice(_NOUNS)
+        prefix = rng.choice(_PREFIXES)
+        article = "{a}" if prefix != "one" else ""
+        text = " ".join([prefix, article, size, *words, noun, suffix.format(style=style)])
+        out.append(_with_articles(text))
+    return list(dict.fromkeys(out))
+
+
+def context_prompts() -> list[str]:
+    """Every caption of every combination in every training template, then the varied ones."""
+    full = [caption(*t, template=i) for t in combinations() for i in range(len(TEMPLATES))]
+    return list(dict.fromkeys(full + varied_captions()))
 
 
 def combinations() -> list[tuple[str, str, str]]:
