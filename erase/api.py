@@ -22,7 +22,7 @@ import torch
 
 from erase import methods
 from erase.errors import EraseError
-from erase.models import default_mixed_precision, is_toyworld
+from erase.models import is_toyworld, resolve_mixed_precision
 from erase.prompts import prompt_source_for
 from erase.training import ProgressFn, select_parameters
 
@@ -143,11 +143,8 @@ def erase_concepts(
     concepts = normalise_concepts(concepts)
     cfg = config_for(pipe, spec.name, config)
     device = next(pipe.unet.parameters()).device
-    mp = cfg.mixed_precision
-    if mp == "auto":
-        mp = getattr(pipe, "erase_mixed_precision", None) or default_mixed_precision(device)
-    if mp != "no" and device.type != "cuda":
-        raise EraseError(f"mixed_precision {mp!r} needs a GPU; this pipeline is on {device.type}")
+    # 'auto': the pipeline's own (fp32 on CPU); an explicit half precision on CPU runs, slowly.
+    mp = resolve_mixed_precision(cfg.mixed_precision, device, getattr(pipe, "erase_mixed_precision", None))
     if pipe.unet.dtype != torch.float32:
         raise EraseError(f"the UNet must hold fp32 master weights for training, it is {pipe.unet.dtype}; load it with load_pipeline()")
 

@@ -8,7 +8,9 @@
 Weights are kept in fp32 (they are the master weights of any fine-tuning); the frozen parts
 (VAE, text encoder) are cast to the half precision of the accelerator when one is present.
 Device and mixed precision come from accelerate: GPU with bf16 (fp16 where bf16 is missing),
-CPU with fp32. Only safetensors files are read; pickled checkpoints are refused.
+CPU with fp32. On CPU an explicit 'bf16' (or 'fp16' where autocast really runs it there) is
+allowed, slowly, so that tests can exercise the GPU's dtype path; ``resolve_mixed_precision``
+holds the policy. Only safetensors files are read; pickled checkpoints are refused.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +33,12 @@ TOYWORLD_MARKER = "toyworld.json"  # written beside model_index.json by the toy 
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
-__all__ = ["load_pipeline", "default_device", "default_mixed_precision", "model_family", "is_toyworld", "ModelInfo"]
+__all__ = [
+    "load_pipeline", "place_pipeline", "default_device", "default_mixed_precision", "resolve_mixed_precision",
+    "autocast_runs_in", "model_family", "is_toyworld", "ModelInfo",
+]
+
+PRECISIONS = ("no", "fp16", "bf16")
 
 
 @dataclass
@@ -63,6 +71,76 @@ def default_mixed_precision(device: torch.device | str | None = None) -> str:
 
 def half_dtype(mixed_precision: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
+
+
+_AUTOCAST_PROBES: dict[tuple[str, str], bool] = {}
+_SLOW_WARNED: set[tuple[str, str]] = set()
+
+
+def autocast_runs_in(mixed_precision: str, device: torch.device | str) -> bool:
+    """Whether the training loop's autocast (accelerate's) really computes in this half precision
+    on ``device``: a small matrix product under it must come out in that dtype. (accelerate 1.x
+    leaves fp16 on CPU in fp32 without a word, although torch's CPU autocast has fp16.)"""
+    device = torch.device(device)
+    key = (mixed_precision, device.type)
+    if key not in _AUTOCAST_PROBES:
+        from erase.training import make_accelerator
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with make_accelerator(mixed_precision, device).autocast():
+                    x = torch.ones(2, 2, device=device)
+                    ok = torch.nn.functional.linear(x, x).dtype == half_dtype(mixed_precision)
+        except (ValueError, RuntimeError):
+            ok = False
+        _AUTOCAST_PROBES[key] = ok
+    return _AUTOCAST_PROBES[key]
+
+
+def resolve_mixed_precision(requested: str | None, device: torch.device | str, loaded: str | None = None) -> str:
+    """The precision a run uses: 'no', 'fp16' or 'bf16'.
+
+    'auto' (or None) is ``loaded`` (the pipeline's own, from load_pipeline) if given, else the
+    device's default: bf16/fp16 on a GPU, fp32 ('no') on CPU. On a GPU any explicit choice goes.
+    Elsewhere an explicit half precision is allowed where autocast really runs it (bf16 on CPU;
+    fp16 only if accelerate autocasts it there), with a one-time warning that it is slow; it is
+    meant for tests of the GPU's dtype path. An impossible request is an EraseError.
+    """
+    device = torch.device(device)
+    mp = requested or "auto"
+    if mp == "auto":
+        mp = loaded or default_mixed_precision(device)
+    if mp not in PRECISIONS:
+        raise EraseError(f"mixed_precision must be 'auto', 'no', 'fp16' or 'bf16', got {mp!r}")
+    if mp == "no" or device.type == "cuda":
+        return mp
+    if not autocast_runs_in(mp, device):
+        other = "'bf16' or 'no'" if mp != "bf16" and autocast_runs_in("bf16", device) else "'no'"
+        raise EraseError(
+            f"mixed_precision {mp!r} is not possible on {device.type}: the training loop's autocast (accelerate) does not "
+            f"compute in {str(half_dtype(mp)).replace('torch.', '')} there (training would silently stay fp32); use {other}, or a GPU"
+        )
+    if (mp, device.type) not in _SLOW_WARNED:
+        _SLOW_WARNED.add((mp, device.type))
+        warnings.warn(
+            f"mixed_precision {mp!r} on {device.type} is slow (emulated half precision); it is meant for testing "
+            "the GPU's dtype path. 'auto' keeps fp32 here.", RuntimeWarning, stacklevel=3,
+        )
+    return mp
+
+
+def place_pipeline(pipe, device: torch.device | str, mixed_precision: str):
+    """Put ``pipe`` on ``device`` as erase uses it: the UNet in fp32 (master weights), the frozen
+    VAE and text encoder in ``mixed_precision``'s half dtype; sets ``pipe.erase_mixed_precision``."""
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    frozen_dtype = half_dtype(mixed_precision)
+    if frozen_dtype != torch.float32:
+        pipe.vae.to(dtype=frozen_dtype)
+        pipe.text_encoder.to(dtype=frozen_dtype)
+    pipe.erase_mixed_precision = mixed_precision
+    return pipe
 
 
 def model_family(pipe, location: str | None = None) -> str:
@@ -201,9 +279,9 @@ def load_pipeline(
     """
     kind, location = _resolve(model)
     device = torch.device(device) if device is not None else default_device()
-    mixed_precision = mixed_precision or default_mixed_precision(device)
-    if mixed_precision not in ("no", "fp16", "bf16"):
+    if mixed_precision not in (None, "auto", *PRECISIONS):
         raise EraseError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {mixed_precision!r}")
+    mixed_precision = resolve_mixed_precision(mixed_precision, device)
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     common = dict(safety_checker=None, requires_safety_checker=False, dtype=torch.float32)
@@ -212,13 +290,7 @@ def load_pipeline(
         pipe = _load(kind, location, config, local_files_only, common)
     if type(pipe).__name__ not in SUPPORTED_PIPELINES:
         raise EraseError(f"unsupported pipeline {type(pipe).__name__}; erase supports Stable Diffusion 1.x/2.x")
-    pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
-    frozen_dtype = half_dtype(mixed_precision)
-    if frozen_dtype != torch.float32:
-        pipe.vae.to(dtype=frozen_dtype)
-        pipe.text_encoder.to(dtype=frozen_dtype)
+    place_pipeline(pipe, device, mixed_precision)
     pipe.erase_info = ModelInfo(source=str(model) if model is not None else "bundled:toyworld", kind=kind, family=model_family(pipe, location))
-    pipe.erase_mixed_precision = mixed_precision
     logging.getLogger(__name__).info("loaded %s (%s) on %s, mixed precision %s", location, kind, device, mixed_precision)
     return pipe
