@@ -25,6 +25,15 @@ CONCEPT_TEMPLATES = (
     "{}",
 )
 
+# Templates for a style concept (an artist, a look); Forget-Me-Not's reference uses the second.
+STYLE_TEMPLATES = (
+    "a painting in the style of {}",
+    "a photo in the style of {}",
+    "an artwork by {}",
+    "a picture in the style of {}",
+    "{} style",
+)
+
 # Unrelated prompts: the retain set and the "what was kept" half of every comparison.
 GENERIC_RETAIN_PROMPTS = (
     "a photo of a dog",
@@ -45,6 +54,8 @@ __all__ = [
     "concept_positions",
     "concept_prompts",
     "anchor_prompt",
+    "eos_position",
+    "STYLE_TEMPLATES",
     "check_concept",
     "mentions",
 ]
@@ -122,13 +133,24 @@ def concept_prompts(concept: str, templates: Sequence[str] = CONCEPT_TEMPLATES) 
 
 
 def anchor_prompt(prompt: str, concept: str, anchor: str | None = None) -> str:
-    """c′ for a concept prompt: the concept replaced by ``anchor`` (or removed when None/'')."""
-    low = prompt.lower()
-    i = low.find(concept.lower())
-    if i < 0:
-        raise ConceptNotFoundError(f"concept {concept!r} not found in prompt {prompt!r}")
-    out = prompt[:i] + (anchor or "") + prompt[i + len(concept) :]
+    """c′ for a concept prompt: every whole-word occurrence of the concept (case-insensitive)
+    replaced by ``anchor``, or removed when it is None/''. "an image of image" loses only the
+    last word; "paint" is not found in "painting"."""
+    pattern = _word_pattern(concept)
+    if not concept.strip() or pattern.search(prompt) is None:
+        raise ConceptNotFoundError(f"concept {concept!r} not found as whole words in prompt {prompt!r}")
+    out = pattern.sub(lambda _: anchor or "", prompt)
     return " ".join(out.split())
+
+
+def eos_position(tokenizer, ids: Sequence[int]) -> int:
+    """Index of the first end-of-text token in padded ids: CLIP's pooled (EOS) token."""
+    ids = list(ids)
+    eos = tokenizer.eos_token_id
+    for i, tok in enumerate(ids):
+        if tok == eos and i > 0:  # position 0 is BOS (some tokenizers share its id)
+            return i
+    return len(ids) - 1  # truncated prompt: the last position stands in for it
 
 
 def _word_pattern(concept: str):
