@@ -15,7 +15,7 @@ import torch
 
 from erase.errors import EraseError
 
-__all__ = ["PromptSet", "encode_prompts", "generate_latents", "encode_images", "add_noise", "noise_at", "diffusion_target", "batch_indices"]
+__all__ = ["PromptSet", "encode_prompts", "generate_latents", "encode_images", "square_crop", "add_noise", "noise_at", "diffusion_target", "batch_indices"]
 
 
 @dataclass
@@ -73,16 +73,30 @@ def generate_latents(
     return torch.cat(out), chosen
 
 
+def square_crop(img, size: int):
+    """Resize so that the short side is ``size`` (aspect kept), then cut the centre square."""
+    from PIL import Image
+
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
 @torch.no_grad()
 def encode_images(pipe, images, seed: int = 0) -> torch.Tensor:
-    """Encode PIL images / arrays to the UNet's latent space (sampled, times the scaling factor)."""
+    """Encode PIL images / arrays to the UNet's latent space (sampled, times the scaling factor).
+
+    Non-square images keep their aspect: the short side is resized, then the centre is cropped."""
     from PIL import Image
 
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     arrs = []
     for img in images:
         img = img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
-        img = img.convert("RGB").resize((size, size), Image.BICUBIC)
+        img = square_crop(img.convert("RGB"), size)
         arrs.append(np.asarray(img, dtype=np.float32) / 127.5 - 1.0)
     if not arrs:
         raise EraseError("no images given")
