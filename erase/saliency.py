@@ -50,6 +50,7 @@ def accumulate_gradients(
     loss_fn: Callable[[object], torch.Tensor],
     batches: Iterable[object],
     param_names: Iterable[str] | None = None,
+    loss_scale: float = 2.0**16,
 ) -> dict[str, torch.Tensor]:
     """Return ``|sum over batches of d loss_fn(batch) / d theta|`` for each chosen parameter.
 
@@ -57,10 +58,18 @@ def accumulate_gradients(
     summed over all batches (as in SalUn's reference code) and the absolute value is returned in
     fp32 on the parameter's device. The model's own ``.grad`` fields and ``requires_grad`` flags
     are left as they were found.
+
+    The loss is multiplied by ``loss_scale`` before ``backward`` and each gradient divided by it
+    in fp32 afterwards, as a GradScaler does in fp16 training: under fp16 autocast the small
+    gradients of the activations would otherwise underflow to zero and their weights would get a
+    saliency of exactly 0. A power of two keeps fp32 results bit-identical. If a gradient comes out
+    non-finite (overflow), the scale is halved and the backward redone through the same graph.
     """
     params = _named_trainable(model, param_names)
     if not params:
         raise ValueError("no parameters to compute saliency over")
+    if not (math.isfinite(loss_scale) and loss_scale > 0):
+        raise ValueError(f"loss_scale must be a positive finite number, got {loss_scale}")
     saved_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     saved_grads = {n: p.grad for n, p in params.items()}
     chosen = {id(p) for p in params.values()}
@@ -70,13 +79,10 @@ def accumulate_gradients(
             p.requires_grad_(id(p) in chosen)
         n_batches = 0
         for batch in batches:
-            for p in params.values():
-                p.grad = None
-            loss = loss_fn(batch)
-            loss.backward()
+            loss_scale = _scaled_backward(params, loss_fn, batch, loss_scale)
             for n, p in params.items():
                 if p.grad is not None:
-                    sums[n] += p.grad.float()
+                    sums[n] += p.grad.float() / loss_scale
             n_batches += 1
         if n_batches == 0:
             raise ValueError("no batches to compute saliency over (the forget data is empty)")
@@ -86,6 +92,24 @@ def accumulate_gradients(
         for n, p in params.items():
             p.grad = saved_grads[n]
     return {n: s.abs_() for n, s in sums.items()}
+
+
+def _scaled_backward(params: Mapping[str, nn.Parameter], loss_fn: Callable, batch, scale: float) -> float:
+    """Backward of ``scale * loss_fn(batch)`` into ``params``' ``.grad``. While any gradient
+    overflows, halve ``scale`` and backward again through the same graph (same noise, same
+    timesteps: ``loss_fn`` runs once per batch). Returns the scale that was used."""
+    loss = loss_fn(batch)
+    if not torch.isfinite(loss):
+        raise ValueError(f"the saliency loss is {loss.item()}: the forget data or the model is broken")
+    while True:
+        for p in params.values():
+            p.grad = None
+        (loss * scale).backward(retain_graph=scale > 1.0)
+        if all(bool(torch.isfinite(p.grad).all()) for p in params.values() if p.grad is not None):
+            return scale
+        if scale <= 1.0:
+            raise ValueError("saliency gradients are not finite even without loss scaling")
+        scale = max(scale / 2.0, 1.0)
 
 
 def _top_k_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
