@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -51,8 +51,14 @@ class ErasureJob:
         return items
 
     @torch.no_grad()
-    def forget_set(self, n_per_concept: int, *, steps: int, guidance_scale: float, seed: int) -> ForgetSet:
-        """Latents of each concept: the user's images, or ``n_per_concept`` generated ones."""
+    def forget_set(
+        self, n_per_concept: int, *, steps: int, guidance_scale: float, seed: int,
+        anchors: Callable[[list[str], list[int]], list[str]] | None = None,
+    ) -> ForgetSet:
+        """Latents of each concept: the user's images, or ``n_per_concept`` generated ones.
+
+        ``anchors(prompts, concept_index) -> c′ prompts`` chooses the misaligned conditions
+        (default: each concept replaced by ``self.prompts.anchor``, the model's default)."""
         items = self.concept_items()
         latents, prompts, positions, index = [], [], [], []
         for ci, concept in enumerate(self.concepts):
@@ -71,16 +77,21 @@ class ErasureJob:
             prompts += chosen
             positions += [pos_of[p] for p in chosen]
             index += [ci] * len(chosen)
-        anchors = [
-            anchor_prompt(p, self.concepts[ci], self.prompts.anchor(self.concepts[ci], self.concepts))
-            for p, ci in zip(prompts, index)
-        ]
+        anchors = (anchors or self.default_anchors)(prompts, index)
         emb, ids = encode_prompts(self.pipe, prompts)
         anchor_emb, _ = encode_prompts(self.pipe, anchors)
         return ForgetSet(
             latents=torch.cat(latents), prompts=prompts, embeddings=emb.cpu(), token_ids=ids,
             positions=positions, concept_index=index, anchor_prompts=anchors, anchor_embeddings=anchor_emb.cpu(),
         )
+
+    def default_anchors(self, prompts: Sequence[str], index: Sequence[int]) -> list[str]:
+        """c′ per item: its concept replaced by the model's default anchor (toy world: the next
+        same-kind concept; other models: '' drops it)."""
+        return [
+            anchor_prompt(p, self.concepts[ci], self.prompts.anchor(self.concepts[ci], self.concepts))
+            for p, ci in zip(prompts, index)
+        ]
 
     @torch.no_grad()
     def retain_set(self, n: int, *, steps: int, guidance_scale: float, seed: int) -> PromptSet:
