@@ -1,8 +1,10 @@
 """Engine speed and memory: seconds per training step and peak memory, per method.
 
-Always on the tiny synthetic pipeline (CPU or GPU); on an SD 1.5-shaped pipeline (random
-weights, 512 px) only where a GPU is present. Each measurement runs in its own process so that
-its peak memory (RSS on CPU, allocator peak on GPU) is its own.
+On the tiny synthetic pipeline (CPU or GPU), every registered method: FMN and SalUn with the
+settings below, any other method with the GPU suite's bounded paper defaults. The SD 1.5-shaped
+cases (random weights, 512 px) are the gpu suite's (erase/benchmarks/gpu.py, CUDA only). Each
+measurement runs in its own process so that its peak memory (RSS on CPU, allocator peak on GPU)
+is its own.
 """
 
 from __future__ import annotations
@@ -15,40 +17,50 @@ import time
 from erase.benchmarks import machine_description
 
 CASES = {
-    # name: (pipeline, method, settings)
+    # name: (pipeline, method, settings); other methods: see cases()
     "tiny/fmn": ("tiny", "fmn", {"steps": 35, "lr": 1e-4, "n_forget_images": 4, "generation_steps": 5}),
     "tiny/salun": ("tiny", "salun", {"epochs": 1, "lr": 1e-4, "n_forget_images": 100, "n_retain_images": 100, "generation_steps": 5}),
-    "sd15/fmn": ("sd15", "fmn", {"steps": 35, "n_forget_images": 4, "generation_steps": 10, "scope": "cross_attn"}),
-    "sd15/fmn-full": ("sd15", "fmn", {"steps": 35, "n_forget_images": 4, "generation_steps": 10, "scope": "full"}),
-    "sd15/salun": ("sd15", "salun", {"epochs": 1, "n_forget_images": 100, "n_retain_images": 100, "generation_steps": 10, "scope": "cross_attn"}),
 }
+
+
+def cases() -> dict:
+    """CASES plus a tiny/<method> case, bounded paper defaults, for every other registered method."""
+    from erase import methods
+    from erase.benchmarks.gpu import bounded_overrides
+
+    out = dict(CASES)
+    for name in methods.available():
+        if not any(m == name for _, m, _ in out.values()):
+            out[f"tiny/{name}"] = ("tiny", name, bounded_overrides(name))
+    return out
 
 
 def _measure(case: str, queue) -> None:
     import torch
 
     from erase.api import erase_concepts
-    from erase.models import ModelInfo, default_device, default_mixed_precision
+    from erase.models import ModelInfo, default_device, default_mixed_precision, place_pipeline
     from erase.synthetic import build_pipeline
 
-    kind, method, settings = CASES[case]
+    kind, method, settings = cases()[case]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     pipe = build_pipeline(kind, seed=0)
     device = default_device()
-    pipe.to(device)
+    place_pipeline(pipe, device, default_mixed_precision(device))
     pipe.erase_info = ModelInfo(source=f"synthetic:{kind}", kind="synthetic", family=kind)
-    pipe.erase_mixed_precision = default_mixed_precision(device)
     start = time.perf_counter()
     result = erase_concepts(pipe, "van gogh", method, settings, inplace=False)
     total = time.perf_counter() - start
     stats = result.stats
     peak = stats.get("peak_memory_bytes") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    steps = stats.get("steps")
+    train = stats.get("train_seconds", stats["seconds"])  # a closed-form method: its whole run
     queue.put({
         "case": case, "device": str(device), "precision": pipe.erase_mixed_precision,
-        "steps": stats["steps"], "train_seconds": stats["train_seconds"],
-        "seconds_per_step": stats["train_seconds"] / stats["steps"], "total_seconds": total,
+        "steps": steps, "train_seconds": train,
+        "seconds_per_step": train / steps if steps else None, "total_seconds": total,
         "peak_bytes": peak, "peak_kind": "GPU allocator" if device.type == "cuda" else "process RSS",
-        "trainable": stats["trainable_parameters"],
+        "trainable": stats.get("trainable_parameters", stats.get("changed_parameters", 0)),
     })
 
 
@@ -64,10 +76,7 @@ def measure(case: str) -> dict:
 
 
 def run(quick: bool = False) -> str:
-    import torch
-
-    cases = [c for c in CASES if c.startswith("tiny/") or torch.cuda.is_available()]
-    rows = [measure(c) for c in cases]
+    rows = [measure(c) for c in cases()]
     lines = [
         "## Engine: seconds per step and peak memory",
         "",
@@ -82,11 +91,11 @@ def run(quick: bool = False) -> str:
             lines.append(f"| {r['case']} | failed: {r['error']} | | | | | | |")
             continue
         lines.append(
-            f"| {r['case']} | {r['device']} | {r['precision']} | {r['trainable'] / 1e6:.2f} M | {r['steps']} | "
-            f"{r['seconds_per_step']:.3f} | {r['total_seconds']:.1f} | {r['peak_bytes'] / 2**20:.0f} MiB ({r['peak_kind']}) |"
+            f"| {r['case']} | {r['device']} | {r['precision']} | {r['trainable'] / 1e6:.2f} M | {r['steps'] or ''} | "
+            f"{'' if r['seconds_per_step'] is None else format(r['seconds_per_step'], '.3f')} | {r['total_seconds']:.1f} | {r['peak_bytes'] / 2**20:.0f} MiB ({r['peak_kind']}) |"
         )
-    if not torch.cuda.is_available():
-        lines += ["", "No GPU on this machine: the SD 1.5-shaped cases (512 px, random weights; targets on one H100: "
-                  "FMN's 35 steps < 2 s, SalUn mask + one epoch over 100 generated images < 60 s, peak < 12 GB) were not run."]
+    lines += ["", "Methods other than FMN and SalUn run their paper defaults with bounded work (ESD 20 iterations). "
+              "The SD 1.5-shaped cases are the gpu suite's: `python scripts/benchmark.py --suite gpu` on a CUDA machine "
+              "(`bash scripts/gpu_check.sh OUTDIR` on the device machine)."]
     lines += ["", "<details><summary>raw</summary>", "", "```json", json.dumps(rows, indent=1), "```", "</details>"]
     return "\n".join(lines)
