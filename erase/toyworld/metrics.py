@@ -80,6 +80,62 @@ def generation_accuracy(pipe, *, seeds: Sequence[int] = (0,), steps: int = DEFAU
     return {**acc, "all_three": float(all_right.mean()), "n": len(labels)}
 
 
+def heldout_prompts(concept: str, n: int = 24) -> list[str]:
+    """``n`` captions naming the concept in phrasings no method trains on (not in
+    ``context_prompts()``, nor any training template): to see whether an erasure generalises."""
+    from erase.concepts import mentions
+    from erase.toyworld.concepts import context_prompts, varied_captions
+
+    seen = set(context_prompts())
+    return [p for p in varied_captions(6000, seed=7) if p not in seen and mentions(p, concept)][:n]
+
+
+def world_scores(pipe, concepts: Sequence[str], *, seed: int = 0, steps: int = DEFAULT_STEPS,
+                 guidance: float = DEFAULT_GUIDANCE, judge: Judge | None = None, heldout: int = 24) -> dict:
+    """``erasure_scores`` for several concepts from one generation of all 108 combinations (one
+    scoring seed), plus ``UA_heldout``: UA on ``heldout`` captions phrased unlike any training
+    prompt. The images are those ``erasure_scores`` draws for the same seed."""
+    judge = judge or load_judge()
+    t0 = time.time()
+    triples = combinations()
+    prompts, img_seeds, labels = _jobs(triples, [seed])
+    extra = {c: heldout_prompts(c, heldout) for c in concepts} if heldout else {}
+    extra_prompts = [p for c in concepts for p in extra.get(c, [])]
+    extra_seeds = [500_000 + seed * 1000 + i for i in range(len(extra_prompts))]
+    images = generate(pipe, prompts + extra_prompts, img_seeds + extra_seeds, steps=steps, guidance=guidance)
+    world, held = images[: len(prompts)], images[len(prompts):]
+    logits = judge.logits(world)
+    feats = judge.features(world)
+    held_pred = judge.logits(held) if len(held) else None
+    from erase.toyworld.render import render
+
+    out, start = {}, 0
+    for c in concepts:
+        kind = concept_kind(c)
+        c = c.strip().lower()
+        k = _ORDER[kind]
+        forget = np.array([t[k] == c for t in triples])
+        ua = float((logits[kind].argmax(1).numpy()[forget] != labels[forget, k]).mean())
+        ira = float((logits[kind].argmax(1).numpy()[~forget] == labels[~forget, k]).mean())
+        others = [j for j in range(3) if j != k]
+        cra = float(np.mean([(logits[list(KINDS)[j]].argmax(1).numpy()[~forget] == labels[~forget, j]).mean() for j in others]))
+        keep = [i for i in range(len(triples)) if not forget[i]]
+        ref = np.stack([np.asarray(render(*triples[i], img_seeds[i])) for i in keep])
+        distance = frechet_distance(feats[keep], judge.features(ref))
+        row = {"concept": c, "kind": kind, "UA": ua, "IRA": ira, "CRA": cra, "distance": distance,
+               "n_forget": int(forget.sum()), "n_retain": len(keep)}
+        n = len(extra.get(c, []))
+        if n:
+            idx = KINDS[kind].index(c)
+            row["UA_heldout"] = float((held_pred[kind][start:start + n].argmax(1).numpy() != idx).mean())
+            row["n_heldout"] = n
+            start += n
+        out[c] = row
+    for row in out.values():
+        row["seconds"] = round(time.time() - t0, 2)
+    return out
+
+
 def erasure_scores(pipe, concept: str, *, reference_pipe=None, seeds: Sequence[int] = (0, 1),
                    steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
                    judge: Judge | None = None, max_retain: int | None = None) -> dict:
