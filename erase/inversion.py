@@ -1,0 +1,147 @@
+"""Textual inversion without touching the tokenizer: learn a few input vectors for a concept.
+
+Forget-Me-Not's optional first stage learns new tokens (``<s1>..<s4>``) for the concept from its
+images; the attention stage then steers the UNet away from them. Here no token is added: each
+concept occurrence in a prompt's ids is replaced by ``n`` slot positions, and a forward hook on
+the text encoder's token-embedding layer writes the learned vectors into those positions while
+it is installed. The tokenizer, the embedding table and every text-encoder weight stay as they
+were, so an erasure still changes UNet tensors only.
+
+Training follows the reference (cloneofsimo's PTI inversion): diffusion MSE on the concept's
+latents, only the vectors train (AdamW, weight decay 0.1), and after each step their norms are
+pulled towards the vocabulary's typical norm (the reference's 0.4 for SD's CLIP) by
+lambda = min(1, 100 * lr).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from erase.concepts import concept_positions, concept_token_ids
+from erase.errors import EraseError
+
+__all__ = ["slot_ids", "slotted_prompts", "injected", "encode_with_vectors", "init_vectors", "learn_vectors"]
+
+
+def slot_ids(tokenizer, prompt: str, concept: str, n: int) -> tuple[torch.Tensor, list[int]]:
+    """Padded ids of ``prompt`` with every occurrence of ``concept`` replaced by ``n`` slot positions
+    (they hold the concept's first token id; the hook overwrites their embeddings)."""
+    ids, pos = concept_positions(tokenizer, prompt, concept)
+    seq, span = ids.tolist(), len(concept_token_ids(tokenizer, concept))
+    fill = seq[pos[0]]
+    starts = pos[::span]
+    out, slots, i = [], [], 0
+    for start in starts:
+        out += seq[i:start]
+        slots += list(range(len(out), len(out) + n))
+        out += [fill] * n
+        i = start + span
+    out += seq[i:]
+    out = out[: tokenizer.model_max_length]
+    if max(slots) >= len(out) or tokenizer.eos_token_id not in out[max(slots) + 1 :]:
+        raise EraseError(f"prompt {prompt!r} is too long for {n} learned tokens per concept occurrence")
+    return torch.tensor(out), slots
+
+
+class _Hook:
+    def __init__(self, vectors: torch.Tensor, slots: Sequence[Sequence[int]]):
+        self.vectors, self.slots = vectors, [list(s) for s in slots]
+
+    def __call__(self, module, args, output: torch.Tensor) -> torch.Tensor:
+        if output.shape[0] != len(self.slots):
+            raise RuntimeError(f"learned-token hook has slots for {len(self.slots)} prompts, the batch has {output.shape[0]}")
+        out = output.clone()
+        n = self.vectors.shape[0]
+        for b, slots in enumerate(self.slots):
+            for j, pos in enumerate(slots):
+                out[b, pos] = self.vectors[j % n].to(out.dtype)
+        return out
+
+
+@contextmanager
+def injected(text_encoder, vectors: torch.Tensor, slots: Sequence[Sequence[int]]):
+    """While inside, the text encoder embeds ``vectors`` at each prompt's slot positions."""
+    handle = text_encoder.get_input_embeddings().register_forward_hook(_Hook(vectors, slots))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def encode_with_vectors(pipe, ids: torch.Tensor, slots: Sequence[Sequence[int]], vectors: torch.Tensor) -> torch.Tensor:
+    """Text-encoder outputs (fp32) for padded ``ids`` with ``vectors`` at the slots (keeps the graph)."""
+    te = pipe.text_encoder
+    with injected(te, vectors, slots):
+        return te(ids.to(te.device))[0].float()
+
+
+@torch.no_grad()
+def init_vectors(pipe, concept: str, n: int, seed: int) -> torch.Tensor:
+    """The concept's own token embeddings first, then random vectors of the vocabulary's mean norm
+    (the reference initialises from the concept's words and ``<rand>``)."""
+    table = pipe.text_encoder.get_input_embeddings().weight.detach().float().cpu()
+    ids = concept_token_ids(pipe.tokenizer, concept)
+    gen = torch.Generator().manual_seed(seed)
+    rand = torch.randn(n, table.shape[1], generator=gen)
+    rand = rand / rand.norm(dim=-1, keepdim=True) * table.norm(dim=-1).mean()
+    return torch.stack([table[ids[i]] if i < len(ids) else rand[i] for i in range(n)])
+
+
+def learn_vectors(
+    pipe, concept: str, latents: torch.Tensor, prompts: Sequence[str], scheduler, *,
+    n: int = 4, steps: int = 500, lr: float = 1e-3, weight_decay: float = 0.1, batch_size: int = 1,
+    seed: int = 0, autocast=None, progress=None,
+) -> torch.Tensor:
+    """Learn ``n`` input vectors that make the frozen model reproduce ``latents`` from ``prompts``
+    (the concept replaced by the vectors). Returns them (n, D) on the CPU; the model is unchanged."""
+    from erase.data import add_noise, diffusion_target
+
+    if n < 1 or steps < 1:
+        raise EraseError(f"textual inversion needs at least one token and one step, got {n} tokens, {steps} steps")
+    device = next(pipe.unet.parameters()).device
+    ids, slots = slotted_prompts(pipe.tokenizer, prompts, concept, n)
+    vectors = init_vectors(pipe, concept, n, seed).to(device).requires_grad_(True)
+    target_norm = pipe.text_encoder.get_input_embeddings().weight.detach().float().norm(dim=-1).mean().item()
+    opt = torch.optim.AdamW([vectors], lr=lr, weight_decay=weight_decay)
+    modules = [pipe.unet, pipe.text_encoder]
+    flags = [{n_: p.requires_grad for n_, p in m.named_parameters()} for m in modules]
+    gen = torch.Generator().manual_seed(seed)
+    decay = min(1.0, 100 * lr)
+    try:
+        for m in modules:
+            m.requires_grad_(False)
+        for step in range(steps):
+            idx = torch.randint(0, len(prompts), (batch_size,), generator=gen)
+            x0 = latents[idx].to(device)
+            x_t, noise, t = add_noise(scheduler, x0, gen)
+            with autocast() if autocast is not None else torch.enable_grad():
+                emb = encode_with_vectors(pipe, ids[idx], [slots[i] for i in idx.tolist()], vectors)
+                pred = pipe.unet(x_t, t, encoder_hidden_states=emb.to(pipe.unet.dtype)).sample
+            loss = F.mse_loss(pred.float(), diffusion_target(scheduler, x0, noise, t).float())
+            if not torch.isfinite(loss):
+                raise EraseError(f"textual inversion loss became {loss.item()} at step {step}: lower ti_lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():  # the reference's norm decay towards the vocabulary's norm
+                norm = vectors.norm(dim=-1, keepdim=True)
+                vectors.copy_(F.normalize(vectors, dim=-1) * (norm + decay * (target_norm - norm)))
+            if progress is not None:
+                progress(step + 1, steps, {"phase": "textual inversion", "loss": float(loss)})
+    finally:
+        for m, f in zip(modules, flags):
+            for n_, p in m.named_parameters():
+                p.requires_grad_(f[n_])
+                p.grad = None
+    return vectors.detach().cpu()
+
+
+def slotted_prompts(tokenizer, prompts: Sequence[str], concept: str, n: int) -> tuple[torch.Tensor, list[list[int]]]:
+    """(ids, slots) for many prompts (see :func:`slot_ids`)."""
+    made = [slot_ids(tokenizer, p, concept, n) for p in prompts]
+    return torch.stack([m[0] for m in made]), [m[1] for m in made]
+
