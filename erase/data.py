@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from erase.errors import EraseError
+from erase.models import sampling_autocast
 
 __all__ = ["PromptSet", "encode_prompts", "generate_latents", "encode_images", "square_crop", "add_noise", "noise_at", "diffusion_target", "batch_indices"]
 
@@ -66,7 +67,8 @@ def generate_latents(
     for start in range(0, n, batch_size):
         part = chosen[start : start + batch_size]
         gens = [torch.Generator("cpu").manual_seed(seed * 100003 + start + i) for i in range(len(part))]
-        lat = pipe(part, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens, output_type="latent").images
+        with sampling_autocast(pipe):
+            lat = pipe(part, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens, output_type="latent").images
         out.append(lat.float())
         if progress is not None:
             progress(min(start + batch_size, n), n, {"phase": "generate"})

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from erase.attention import AttentionRecorder, record_cross_attention
 from erase.concepts import concept_positions
-from erase.models import is_toyworld
+from erase.models import is_toyworld, sampling_autocast
 
 __all__ = ["sampling_defaults", "generate", "compare", "image_grid", "attention_heatmap", "overlay_heatmap"]
 
@@ -39,7 +39,8 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int |
         for i in range(0, len(prompts), batch_size):
             p = list(prompts[i : i + batch_size])
             gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[i : i + batch_size]]
-            images += pipe(p, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens).images
+            with sampling_autocast(pipe):
+                images += pipe(p, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens).images
     return images
 
 
@@ -80,7 +81,7 @@ def attention_heatmap(pipe, prompt: str, concept: str, seed: int = 0, *, steps: 
     recorder = AttentionRecorder(detach=True, reduce_heads=True)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     with result.applied(pipe) if result is not None else nullcontext():
-        with record_cross_attention(pipe.unet, recorder):
+        with record_cross_attention(pipe.unet, recorder), sampling_autocast(pipe):
             recorder.set_positions([positions])
             image = pipe(prompt, num_inference_steps=steps or d["steps"],
                          guidance_scale=d["guidance_scale"] if guidance_scale is None else guidance_scale,

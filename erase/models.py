@@ -143,6 +143,17 @@ def place_pipeline(pipe, device: torch.device | str, mixed_precision: str):
     return pipe
 
 
+def sampling_autocast(pipe):
+    """Context for running ``pipe(...)``: autocast to the text encoder's dtype when it differs from
+    the UNet's (frozen parts in bf16/fp16 on a GPU, the UNet's fp32 master weights), else nothing."""
+    from contextlib import nullcontext
+
+    half = pipe.text_encoder.dtype
+    if half == pipe.unet.dtype:
+        return nullcontext()
+    return torch.autocast(pipe.unet.device.type, dtype=half)
+
+
 def model_family(pipe, location: str | None = None) -> str:
     """'toyworld' (a folder with toyworld.json), 'sd1' (768-d context), 'sd2' (1024-d) or 'custom'."""
     if location is not None and (Path(location) / TOYWORLD_MARKER).is_file():

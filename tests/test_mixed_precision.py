@@ -33,8 +33,10 @@ def fast(method: str) -> dict:
     return dict(KNOWN.get(method) or smoke_overrides(method))
 
 
-def _delta(result) -> torch.Tensor:
-    return torch.cat([(result.tensors[n] - result.original[n]).flatten() for n in sorted(result.tensors)])
+def _delta(result, sizes: dict[str, int]) -> torch.Tensor:
+    """The change over the tensors named in ``sizes`` (zeros for one this result did not change)."""
+    return torch.cat([(result.tensors[n] - result.original[n]).flatten() if n in result.tensors else torch.zeros(k)
+                      for n, k in sorted(sizes.items())])
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +66,12 @@ def _check_result(pipe, result, reference, frozen_dtype: torch.dtype) -> None:
     for k, v in result.stats.items():
         if "loss" in k and isinstance(v, float):
             assert v == v and abs(v) != float("inf"), f"stat {k} is {v}"
-    # close to the fp32 run: the same tensors change, in nearly the same direction
-    assert set(result.tensors) == set(reference.tensors)
-    cos = torch.nn.functional.cosine_similarity(_delta(result), _delta(reference), dim=0)
+    # close to the fp32 run: the same tensors change (a saliency mask may pick a boundary tensor
+    # differently when the generated data differ by rounding), in nearly the same direction
+    mine, ref = set(result.tensors), set(reference.tensors)
+    assert len(mine & ref) >= 0.9 * len(mine | ref), f"changed tensors differ: {sorted(mine ^ ref)}"
+    sizes = {n: t.numel() for r in (result, reference) for n, t in r.tensors.items()}
+    cos = torch.nn.functional.cosine_similarity(_delta(result, sizes), _delta(reference, sizes), dim=0)
     assert cos > 0.8, f"the change under half precision points elsewhere than in fp32 (cosine {float(cos):.3f})"
 
 
@@ -90,14 +95,7 @@ def test_every_method_on_a_pipeline_loaded_as_on_a_gpu(tiny_folder, fp32_runs, m
     """load_pipeline(mixed_precision='bf16'): frozen VAE/text encoder in bf16, 'auto' follows the pipeline."""
     pipe = load_pipeline(tiny_folder, device="cpu", mixed_precision="bf16")
     assert pipe.erase_mixed_precision == "bf16" and pipe.text_encoder.dtype == torch.bfloat16
-    try:
-        result = erase_concepts(pipe, CONCEPT, method, fast(method))
-    except RuntimeError as e:
-        frames = traceback.extract_tb(e.__traceback__)
-        if "dtype" in str(e) and any(f.filename.endswith("data.py") and f.name == "generate_latents" for f in frames):
-            pytest.xfail(f"known bug: erase.data.generate_latents runs the fp32 UNet on the half-precision text "
-                         f"encoder's embeddings without autocast, so data-free generation fails on a GPU ({e})")
-        raise
+    result = erase_concepts(pipe, CONCEPT, method, fast(method))
     assert result.config["mixed_precision"] == "auto"
     _check_result(pipe, result, fp32_runs(method), torch.bfloat16)
 

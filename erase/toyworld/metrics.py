@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from erase.models import sampling_autocast
 from erase.toyworld.concepts import KINDS, caption, combinations, concept_kind
 from erase.toyworld.judge import Judge, load_judge
 
@@ -36,8 +37,9 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int =
     out = []
     for i in range(0, len(prompts), batch):
         gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[i : i + batch]]
-        res = pipe(list(prompts[i : i + batch]), num_inference_steps=steps, guidance_scale=guidance,
-                   generator=gens, output_type="np")
+        with sampling_autocast(pipe):
+            res = pipe(list(prompts[i : i + batch]), num_inference_steps=steps, guidance_scale=guidance,
+                       generator=gens, output_type="np")
         out.append(np.round(np.asarray(res.images) * 255).clip(0, 255).astype(np.uint8))
     return np.concatenate(out)
 
