@@ -11,6 +11,7 @@ from erase.api import erase_concepts
 from erase.errors import EraseError
 
 FAST_ESD = dict(iterations=4, lr=1e-3, ddim_steps=3, batch_size=2)
+TOY_TEST = dict(lr=2e-3, iterations=15)  # over the toy-world preset (ESD-x against the prompt without the concept)
 
 
 def _unet_state(pipe):
@@ -81,9 +82,11 @@ def test_eta_zero_pulls_the_concept_towards_the_unconditional_prediction(tiny_pi
     assert r.stats["loss_last"] < r.stats["loss_first"]
 
 
-def test_frozen_predictions_belong_to_their_x_t(tiny_pipe):
-    """The precomputed eps*(x_t, c) / eps*(x_t, empty) are the frozen model's at (x_t, t), and t
-    is a DDIM timestep of the partial run."""
+@pytest.mark.parametrize("neutral", ["empty", "prompt"])
+def test_frozen_predictions_belong_to_their_x_t(tiny_pipe, neutral):
+    """The precomputed eps*(x_t, c) and neutral eps*(x_t, empty) (or eps*(x_t, c without the
+    concept)) are the frozen model's at (x_t, t), t is a DDIM timestep of the partial run, and
+    the steps alternate between the concepts."""
     from diffusers import DDIMScheduler
 
     from erase import methods
@@ -92,23 +95,26 @@ def test_frozen_predictions_belong_to_their_x_t(tiny_pipe):
     from erase.methods.job import ErasureJob
     from erase.prompts import prompt_source_for
 
-    cfg = methods.make_config("esd", dict(FAST_ESD, iterations=6, ddim_steps=4))
+    cfg = methods.make_config("esd", dict(FAST_ESD, iterations=6, ddim_steps=4, neutral=neutral))
     job = ErasureJob(pipe=tiny_pipe, concepts=["van gogh", "circle"], prompts=prompt_source_for(tiny_pipe))
     gen = torch.Generator().manual_seed(0)
-    prompts, neutral, index = esd.plan(job, cfg, gen)
-    # steps alternate between the concepts, batch items share their step's concept
+    prompts, neutral_prompts, index = esd.plan(job, cfg, gen)
     named = [["van gogh", "circle"][int("circle" in prompts[i])] for i in index]
     assert named == [["van gogh", "circle"][s % 2] for s in range(6) for _ in range(2)]
-    cond = encode_prompts(tiny_pipe, prompts)[0]
-    items = esd.sample_items(job, cfg, cond, encode_prompts(tiny_pipe, neutral)[0], index, gen, contextlib.nullcontext)
+    if neutral == "empty":
+        assert set(neutral_prompts) == {""}
+    else:
+        assert neutral_prompts[prompts.index("a photo of van gogh")] == "a photo of"
+        assert not any("van gogh" in p or "circle" in p for p in neutral_prompts)
+    cond, neut = encode_prompts(tiny_pipe, prompts)[0], encode_prompts(tiny_pipe, neutral_prompts)[0]
+    items = esd.sample_items(job, cfg, cond, neut, index, gen, contextlib.nullcontext)
     sched = DDIMScheduler.from_config(tiny_pipe.scheduler.config)
     sched.set_timesteps(cfg.ddim_steps)
     assert set(items.t.tolist()) <= set(sched.timesteps.tolist()) and len(set(items.t.tolist())) > 1
     with torch.no_grad():
         e_c = tiny_pipe.unet(items.x_t, items.t, encoder_hidden_states=cond[items.prompt]).sample
-        uncond = encode_prompts(tiny_pipe, [""])[0].expand(len(index), -1, -1)
-        e_u = tiny_pipe.unet(items.x_t, items.t, encoder_hidden_states=uncond).sample
-    assert torch.allclose(e_c, items.eps_c, atol=1e-5) and torch.allclose(e_u, items.eps_n, atol=1e-5)
+        e_n = tiny_pipe.unet(items.x_t, items.t, encoder_hidden_states=neut[items.prompt]).sample
+    assert torch.allclose(e_c, items.eps_c, atol=1e-5) and torch.allclose(e_n, items.eps_n, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -121,6 +127,7 @@ def test_frozen_predictions_belong_to_their_x_t(tiny_pipe):
         ({"lr": 0.0}, "lr must be a positive number"),
         ({"guidance_scale": -1.0}, "guidance_scale must be >= 0"),
         ({"grad_clip": 0.0}, "grad_clip must be a positive number"),
+        ({"neutral": "nothing"}, "neutral must be empty or prompt, got 'nothing'"),
         ({"scope": "full"}, "unknown setting"),
     ],
 )
@@ -163,7 +170,7 @@ def test_progress_reports_sampling_then_training_and_cancel_restores(tiny_pipe):
 
 @pytest.mark.skipif(not bundled_available(), reason="bundled toy-world weights missing")
 def test_toyworld_esd_erases_square_and_keeps_circle():
-    """A short ESD-u run on the bundled model: the judge stops seeing squares, circles stay."""
+    """A short ESD-x run on the bundled model: the judge stops seeing squares, circles stay."""
     from erase import load_pipeline
     from erase.toyworld import SHAPES, prompts_for
     from erase.toyworld.judge import load_judge
@@ -182,8 +189,6 @@ def test_toyworld_esd_erases_square_and_keeps_circle():
     with result.applied(pipe):
         after = shape_prob(square, "square"), shape_prob(circle, "circle")
     assert before[0] > 0.8 and before[1] > 0.8, before
-    assert after[0] < 0.4, (before, after)
-    assert after[1] > 0.7, (before, after)
+    assert after[0] < 0.4, (before, after)  # measured 0.08
+    assert after[1] > 0.85, (before, after)  # measured 0.98
 
-
-TOY_TEST = dict(train_method="noxattn", iterations=30)
