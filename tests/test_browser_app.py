@@ -67,11 +67,12 @@ def test_load_erase_compare_in_browser(app_url, tmp_path):
                 "() => { const e = document.querySelector('#model-status'); return e && e.innerText.includes('Model:'); }",
                 timeout=90_000)
 
-            page.locator("#method").get_by_text("fmn", exact=True).click()
-            page.wait_for_selector("#setting-fmn-steps input", timeout=10_000)
-            # For the README picture of the bundled model keep its measured presets (a real erasure,
-            # a few minutes on a CPU); otherwise settings that run in seconds.
+            # For the README picture of the bundled model: the recommended method (UCE) with its
+            # measured presets and the judge's scores; otherwise FMN with settings that run in seconds.
             showcase = bool(os.environ.get("ERASE_APP_SCREENSHOT")) and not model
+            method = "uce" if showcase else "fmn"
+            page.locator("#method").get_by_text(method, exact=True).click()
+            page.wait_for_selector(f"#setting-{method}-{'anchor' if showcase else 'steps'} input", timeout=10_000)
             if not showcase:
                 _fill(page, "setting-fmn-steps", 3)
                 _fill(page, "setting-fmn-lr", 0.01 if model else 1e-4)
