@@ -25,6 +25,7 @@ _API = {
     "EraseError": "erase.errors",
     "Cancelled": "erase.training",
     "available_methods": "erase.methods",
+    "evaluate": "erase.robustness",
 }
 
 __all__ = sorted(_API)

@@ -42,6 +42,8 @@ def slot_ids(tokenizer, prompt: str, concept: str, n: int) -> tuple[torch.Tensor
         i = start + span
     out += seq[i:]
     out = out[: tokenizer.model_max_length]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out += [pad] * (tokenizer.model_max_length - len(out))  # fewer slots than concept tokens: pad back to full length
     if max(slots) >= len(out) or tokenizer.eos_token_id not in out[max(slots) + 1 :]:
         raise EraseError(f"prompt {prompt!r} is too long for {n} learned tokens per concept occurrence")
     return torch.tensor(out), slots
@@ -94,17 +96,22 @@ def init_vectors(pipe, concept: str, n: int, seed: int) -> torch.Tensor:
 def learn_vectors(
     pipe, concept: str, latents: torch.Tensor, prompts: Sequence[str], scheduler, *,
     n: int = 4, steps: int = 500, lr: float = 1e-3, weight_decay: float = 0.1, batch_size: int = 1,
-    seed: int = 0, autocast=None, progress=None,
+    seed: int = 0, autocast=None, progress=None, init: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Learn ``n`` input vectors that make the frozen model reproduce ``latents`` from ``prompts``
-    (the concept replaced by the vectors). Returns them (n, D) on the CPU; the model is unchanged."""
+    (the concept replaced by the vectors). Returns them (n, D) on the CPU; the model is unchanged.
+    ``init`` (n, D) starts from given vectors instead of :func:`init_vectors` (an attack must not
+    start from the concept's own embedding)."""
     from erase.data import add_noise, diffusion_target
 
     if n < 1 or steps < 1:
         raise EraseError(f"textual inversion needs at least one token and one step, got {n} tokens, {steps} steps")
     device = next(pipe.unet.parameters()).device
     ids, slots = slotted_prompts(pipe.tokenizer, prompts, concept, n)
-    vectors = init_vectors(pipe, concept, n, seed).to(device).requires_grad_(True)
+    if init is not None and tuple(init.shape) != (n, pipe.text_encoder.get_input_embeddings().weight.shape[1]):
+        raise EraseError(f"initial vectors have shape {tuple(init.shape)}, expected ({n}, embedding width)")
+    start = init_vectors(pipe, concept, n, seed) if init is None else init.detach().float().cpu()
+    vectors = start.clone().to(device).requires_grad_(True)
     target_norm = pipe.text_encoder.get_input_embeddings().weight.detach().float().norm(dim=-1).mean().item()
     opt = torch.optim.AdamW([vectors], lr=lr, weight_decay=weight_decay)
     modules = [pipe.unet, pipe.text_encoder]
@@ -131,7 +138,7 @@ def learn_vectors(
                 norm = vectors.norm(dim=-1, keepdim=True)
                 vectors.copy_(F.normalize(vectors, dim=-1) * (norm + decay * (target_norm - norm)))
             if progress is not None:
-                progress(step + 1, steps, {"phase": "textual inversion", "loss": float(loss)})
+                progress(step + 1, steps, {"phase": "textual inversion", "loss": float(loss.detach())})
     finally:
         for m, f in zip(modules, flags):
             for n_, p in m.named_parameters():

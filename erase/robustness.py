@@ -1,0 +1,270 @@
+"""One evaluation of an erasure: scores, then attacks that try to bring the concept back.
+
+    from erase import evaluate
+    report = evaluate(concept="square", delta="no-square.safetensors", attacks=["ti", "prompt", "relapse"])
+    print(report["table"])
+
+On the bundled toy world: UA / IRA / CRA / distance of the erased model (erase.toyworld.metrics
+.erasure_scores) and the post-attack UA of each attack on the same UA prompts and seeds. On any
+other model: before / after / attacked image grids for a person to look at, with the found
+prompts. ``python scripts/evaluate.py`` is the command line (``main`` below).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+from erase.errors import EraseError
+
+__all__ = ["evaluate", "format_table", "main", "DEFAULT_ATTACKS"]
+
+DEFAULT_ATTACKS = ("ti", "prompt", "relapse")
+
+
+def _parse_attacks(attacks) -> list[str]:
+    from erase import attacks as registry
+
+    items = attacks.split(",") if isinstance(attacks, str) else list(attacks or [])
+    names = [str(a).strip().lower() for a in items if str(a).strip()]
+    for a in names:
+        registry.get(a)
+    return list(dict.fromkeys(names))
+
+
+def evaluate(
+    model=None, *, concept: str, pipe=None, delta=None, erased=None, result=None, method: str | None = None,
+    method_config=None, attacks: Sequence[str] | str = DEFAULT_ATTACKS, attack_configs: Mapping[str, Mapping] | None = None,
+    seeds: Sequence[int] = (0,), images=None, out: str | Path | None = None, overwrite: bool = False, progress=None,
+    sampling_steps: int | None = None,
+) -> dict:
+    """Evaluate the erasure of ``concept`` and attack it.
+
+    The base model: ``pipe``, or ``model`` (anything load_pipeline takes; None: the bundled toy
+    world). The erased model: ``result`` (ErasureResult), ``delta`` (a delta file), ``erased``
+    (a diffusers folder of the erased model), or ``method`` (erase here first with it); none of
+    them: the base model itself. ``attack_configs``: {attack: overrides}. ``seeds``: scoring
+    seeds. ``images``: the user's images of the concept (else the base model's). With ``out``
+    the report (report.json, report.md) and image grids are written there. ``sampling_steps``:
+    denoising steps of every scored or shown generation (None: the model's default). Returns the report
+    (a dict; ``report["table"]`` is the text table).
+    """
+    from erase.attacks import concept_data, erased_weights, make_config, retain_data, run_attack
+    from erase.models import is_toyworld, load_pipeline
+
+    start = time.perf_counter()
+    given = [x for x in (delta, erased, result, method) if x is not None]
+    if len(given) > 1:
+        raise EraseError("give at most one of delta, erased, result and method")
+    names = _parse_attacks(attacks)
+    if sampling_steps is not None and (not isinstance(sampling_steps, int) or sampling_steps < 1):
+        raise EraseError(f"sampling_steps must be a positive integer, got {sampling_steps!r}")
+    sampling = {"steps": sampling_steps} if sampling_steps else {}
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise EraseError("at least one seed is needed")
+    configs = {k.lower(): v for k, v in (attack_configs or {}).items()}
+    unknown = [k for k in configs if k not in names]
+    if unknown:
+        raise EraseError(f"settings given for attack {unknown[0]!r}, which is not run (attacks: {', '.join(names) or 'none'})")
+    if out is not None and Path(out).exists() and not overwrite:
+        raise EraseError(f"output folder {out} exists; pass overwrite (--overwrite) to replace it")
+    base = pipe if pipe is not None else load_pipeline(model)
+    toy = is_toyworld(base)
+    from erase.attacks import check_attack_concept
+
+    concept = check_attack_concept(base, concept)
+    cfgs = {a: make_config(a, configs.get(a), toyworld=toy) for a in names}  # checked before any slow work
+
+    target, weights, erasure_info = base, None, {"kind": "none (the base model itself)"}
+    if method is not None:
+        from erase.api import erase_concepts
+
+        result = erase_concepts(base, [concept], method, method_config, progress=progress, inplace=False)
+        erasure_info = {"kind": "method", "method": result.method, "config": result.config, "seconds": result.stats.get("seconds")}
+    if result is not None:
+        weights = result
+        erasure_info = erasure_info if method is not None else {"kind": "result", "method": result.method}
+    elif delta is not None:
+        weights = erased_weights(delta)
+        from erase.export import load_delta
+
+        meta = load_delta(delta)[1]
+        erasure_info = {"kind": "delta", "path": str(delta), "method": meta.get("method"), "concepts": meta.get("concepts")}
+    elif erased is not None:
+        target = load_pipeline(erased)
+        if type(target.unet.config) is not type(base.unet.config) or dict(target.unet.config) != dict(base.unet.config):
+            raise EraseError(f"the erased model {erased} does not have the base model's UNet architecture")
+        erasure_info = {"kind": "folder", "path": str(erased)}
+
+    report: dict = {"model": getattr(getattr(base, "erase_info", None), "source", str(model)), "concept": concept,
+                    "erasure": erasure_info, "seeds": seeds, "toyworld": toy, "attacks": {}}
+    judge = None
+    if toy:
+        from erase.toyworld.judge import load_judge
+        from erase.toyworld.metrics import erasure_scores
+
+        judge = load_judge()
+        with weights.applied(target) if weights is not None else nullcontext():
+            if progress is not None:
+                progress(0, 1, {"phase": "scores of the erased model"})
+            report["scores"] = erasure_scores(target, concept, seeds=seeds, judge=judge, **sampling)
+            if progress is not None:
+                progress(1, 1, {"phase": "scores of the erased model"})
+
+    data_cache: dict = {}
+    results = {}
+    for a in names:
+        cfg = cfgs[a]
+        from erase.attacks import get
+
+        needs = get(a).needs
+        key = (needs, cfg.n_images, cfg.generation_steps, cfg.guidance_scale, cfg.seed)
+        if key not in data_cache:  # the base model's images (the erased model is not used for data)
+            data_cache[key] = (retain_data(base, concept, cfg, progress=progress) if needs == "retain"
+                               else concept_data(base, concept, cfg, images=images, progress=progress))
+        res = run_attack(target, concept, a, cfg, erasure=weights, data=data_cache[key], seeds=seeds, progress=progress, judge=judge,
+                         sampling=sampling)
+        results[a] = res
+        report["attacks"][a] = res.summary()
+
+    grids = {}
+    if not toy or out is not None:
+        grids = _grids(base, target, weights, concept, results, seeds, sampling_steps)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    report["table"] = format_table(report)
+    if out is not None:
+        from erase.export import atomic_path
+
+        with atomic_path(out, overwrite) as tmp:
+            tmp.mkdir(parents=True)
+            for name, grid in grids.items():
+                grid.save(tmp / f"grid_{name}.png")
+            (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str))
+            (tmp / "report.md").write_text(report["table"] + "\n")
+    report["grids"] = grids
+    return report
+
+
+def _grids(base, target, weights, concept, results, seeds, steps=None) -> dict:
+    """Per scoring prompt: before (base), after (erased), one row per attack; labelled."""
+    from erase.attacks import attack_prompts
+    from erase.evaluation import generate, image_grid
+
+    prompts, img_seeds = attack_prompts(base, concept, seeds)
+    n = min(len(prompts), 8)
+    before = generate(base, prompts[:n], img_seeds[:n], steps=steps)
+    with weights.applied(target) if weights is not None else nullcontext():
+        after = generate(target, prompts[:n], img_seeds[:n], steps=steps)
+    rows, labels = [before, after], ["before", "after"]
+    for a, res in results.items():
+        rows.append(res.images[:n])
+        labels.append(f"{a}" + (f" UA {100 * res.ua:.0f}%" if res.ua is not None else ""))
+    grids = {"attacks": image_grid(rows, labels, [f"{p} #{s}" for p, s in zip(prompts[:n], img_seeds[:n])])}
+    for a, res in results.items():
+        shown = res.prompts[:n]
+        grids[f"prompts_{a}"] = image_grid([res.images[:n]], [a], shown)
+    return grids
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def format_table(report: dict) -> str:
+    """The report as a Markdown table (scores, then one line per attack)."""
+    lines = [f"concept '{report['concept']}', erasure: {report['erasure'].get('method') or report['erasure']['kind']}, "
+             f"seeds {report['seeds']}"]
+    s = report.get("scores")
+    if s:
+        lines += ["", "| model | UA % | IRA % | CRA % | distance |", "| --- | --- | --- | --- | --- |",
+                  f"| erased | {_pct(s['UA'])} | {_pct(s['IRA'])} | {_pct(s['CRA'])} | {s['distance']:.2f} |"]
+    if report["attacks"]:
+        lines += ["", "| attack | post-attack UA % | attacked prompt (example) | seconds |", "| --- | --- | --- | --- |"]
+        for a, r in report["attacks"].items():
+            example = (r["prompts"] or [""])[0]
+            lines.append(f"| {a} | {_pct(r['UA'])} | {example} | {r['stats'].get('seconds', 0):.0f} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="evaluate.py",
+        description="Score an erasure and attack it (textual inversion, UnlearnDiffAtk-style prompt, relapse under fine-tuning).",
+        epilog="Example: python scripts/evaluate.py --delta runs/no-square/delta.safetensors --concept square --attacks ti,prompt",
+    )
+    p.add_argument("--model", help="base model: Hub id, diffusers folder or .safetensors (default: the bundled toy world)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--delta", help="erasure as a delta file (scripts/erase.py's delta.safetensors)")
+    g.add_argument("--erased", help="the erased model as a diffusers folder")
+    g.add_argument("--method", help="erase here first with this method (fmn, salun, esd, uce)")
+    p.add_argument("--concept", required=True, help="the erased concept")
+    p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS), help="comma-separated: ti, prompt, relapse ('' for none; default: all)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="scoring seeds (default: 0)")
+    p.add_argument("--sampling-steps", type=int, help="denoising steps of the scored and shown generations (default: the model's)")
+    p.add_argument("--set", action="append", metavar="ATTACK.KEY=VALUE", help="override an attack setting, e.g. ti.steps=300 (repeatable)")
+    p.add_argument("--config", help="YAML file {ti: {...}, prompt: {...}, relapse: {...}} of attack settings (see configs/attacks/)")
+    p.add_argument("--out", help="write report.json, report.md and image grids into this folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def attack_settings(config: str | None, sets: Sequence[str] | None) -> dict[str, dict]:
+    from erase.cli import parse_value
+    from erase.methods import read_yaml
+
+    out: dict[str, dict] = {}
+    if config:
+        for k, v in read_yaml(config).items():
+            if not isinstance(v, dict):
+                raise EraseError(f"config file {config}: '{k}' must hold a mapping of settings")
+            out.setdefault(str(k).lower(), {}).update(v)
+    for pair in sets or []:
+        if "=" not in pair or "." not in pair.split("=", 1)[0]:
+            raise EraseError(f"--set expects attack.key=value (e.g. ti.steps=300), got {pair!r}")
+        key, value = pair.split("=", 1)
+        attack, name = key.strip().split(".", 1)
+        out.setdefault(attack.lower(), {})[name] = parse_value(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = build_parser().parse_args(argv)
+    from erase.cli import TqdmProgress
+
+    bar = TqdmProgress(not args.no_progress)
+    try:
+        report = evaluate(args.model, concept=args.concept, delta=args.delta, erased=args.erased, method=args.method,
+                          attacks=args.attacks, attack_configs=attack_settings(args.config, args.set), seeds=args.seeds,
+                          out=args.out, overwrite=args.overwrite, progress=bar, sampling_steps=args.sampling_steps)
+    except EraseError as e:
+        bar.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        bar.close()
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    bar.close()
+    report.pop("grids", None)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(report["table"])
+        if args.out:
+            print(f"report and grids in {args.out}")
+    return 0

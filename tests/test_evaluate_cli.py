@@ -1,0 +1,78 @@
+"""The evaluation command (scripts/evaluate.py, erase.robustness): errors, the tiny model's grids
+and JSON, and the toy world's table with scores and post-attack UA."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from erase.robustness import attack_settings, main
+from erase.errors import EraseError
+
+from conftest import bundled_available
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST_TI = ["--set", "ti.steps=2", "--set", "ti.n_images=2", "--set", "ti.generation_steps=2", "--set", "ti.batch_size=2"]
+
+
+def test_help_runs_as_a_script():
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--attacks" in out.stdout and "--delta" in out.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--concept", "van gogh", "--attacks", "gcg"], "unknown attack"),
+    (["--concept", "van gogh", "--delta", "missing.safetensors"], "not found"),
+    (["--concept", "van gogh", "--set", "steps=3"], "attack.key=value"),
+    (["--concept", "van gogh", "--attacks", "ti", "--set", "prompt.k=3"], "not run"),
+    (["--concept", "van gogh", "--attacks", "ti", "--set", "ti.steps=0"], "steps"),
+])
+def test_bad_input_is_one_line(tiny_folder, capsys, argv, message):
+    assert main(["--model", str(tiny_folder), "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+
+
+def test_delta_and_erased_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--concept", "x", "--delta", "a", "--erased", "b"])
+    assert e.value.code == 2
+
+
+def test_attack_settings_from_yaml_and_set(tmp_path):
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text("ti: {steps: 10, lr: 0.01}\nprompt: {k: 3}\n")
+    assert attack_settings(str(cfg), ["ti.steps=20", "relapse.lr=1e-4"]) == {
+        "ti": {"steps": 20, "lr": 0.01}, "prompt": {"k": 3}, "relapse": {"lr": 1e-4}}
+    cfg.write_text("ti: 3\n")
+    with pytest.raises(EraseError, match="mapping"):
+        attack_settings(str(cfg), None)
+
+
+def test_tiny_model_writes_grids_and_json(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "eval"
+    rc = main(["--model", str(tiny_folder), "--concept", "van gogh", "--attacks", "ti", *FAST_TI, "--sampling-steps", "2",
+               "--method", "fmn", "--out", str(out), "--json", "--no-progress"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["toyworld"] is False and "scores" not in report and report["erasure"]["method"] == "fmn"
+    assert report["attacks"]["ti"]["UA"] is None and all("<ti-0>" in p for p in report["attacks"]["ti"]["prompts"])
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "grid_attacks.png", "grid_prompts_ti.png"}
+    assert main(["--model", str(tiny_folder), "--concept", "van gogh", "--attacks", "", "--out", str(out), "--no-progress"]) == 2
+
+
+@pytest.mark.skipif(not bundled_available(), reason="bundled toy-world model missing")
+def test_toy_world_table_with_scores_and_post_attack_ua(tmp_path):
+    """The Python entry point on the bundled model, from a delta file (few sampling steps: fast)."""
+    import erase
+    from erase import erase_concepts, export_delta, load_pipeline
+
+    pipe = load_pipeline(None)
+    delta = export_delta(erase_concepts(pipe, ["square"], "uce", inplace=False), tmp_path / "uce.safetensors")
+    report = erase.evaluate(pipe=pipe, concept="square", delta=delta, attacks="ti", sampling_steps=4,
+                            attack_configs={"ti": {"steps": 4, "n_images": 4, "generation_steps": 4}})
+    s, ti = report["scores"], report["attacks"]["ti"]
+    assert report["toyworld"] and s["n_forget"] == 18 and 0 <= s["UA"] <= 1 and 0 <= ti["UA"] <= 1
+    assert report["erasure"]["method"] == "uce" and "| ti |" in report["table"] and "| erased |" in report["table"]
