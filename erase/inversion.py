@@ -96,12 +96,13 @@ def init_vectors(pipe, concept: str, n: int, seed: int) -> torch.Tensor:
 def learn_vectors(
     pipe, concept: str, latents: torch.Tensor, prompts: Sequence[str], scheduler, *,
     n: int = 4, steps: int = 500, lr: float = 1e-3, weight_decay: float = 0.1, batch_size: int = 1,
-    seed: int = 0, autocast=None, progress=None, init: torch.Tensor | None = None,
+    seed: int = 0, autocast=None, progress=None, init: torch.Tensor | None = None, norm_decay: float | None = None,
 ) -> torch.Tensor:
     """Learn ``n`` input vectors that make the frozen model reproduce ``latents`` from ``prompts``
     (the concept replaced by the vectors). Returns them (n, D) on the CPU; the model is unchanged.
     ``init`` (n, D) starts from given vectors instead of :func:`init_vectors` (an attack must not
-    start from the concept's own embedding)."""
+    start from the concept's own embedding). ``norm_decay``: the pull towards the vocabulary's
+    norm per step (None: the reference's min(1, 100 * lr); 0: the norm is free)."""
     from erase.data import add_noise, diffusion_target
 
     if n < 1 or steps < 1:
@@ -117,7 +118,7 @@ def learn_vectors(
     modules = [pipe.unet, pipe.text_encoder]
     flags = [{n_: p.requires_grad for n_, p in m.named_parameters()} for m in modules]
     gen = torch.Generator().manual_seed(seed)
-    decay = min(1.0, 100 * lr)
+    decay = min(1.0, 100 * lr) if norm_decay is None else float(norm_decay)
     try:
         for m in modules:
             m.requires_grad_(False)

@@ -79,3 +79,16 @@ def test_ti_brings_back_a_removed_word_on_the_bundled_model():
     res = run_attack(pipe, "square", "ti", cfg, seeds=[0])
     assert len(res.images) == 18 and all("square" not in p for p in res.prompts)
     assert res.ua <= 0.2, res.ua
+
+
+def test_config_files_hold_the_defaults():
+    from pathlib import Path
+
+    from erase.attacks import get
+    from erase.robustness import attack_settings
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "attacks"
+    for name in available():
+        values = attack_settings(str(folder / f"{name}.yaml"), None)[name]
+        assert make_config(name, values) == make_config(name)
+        assert attack_settings(str(folder / "toyworld.yaml"), None)[name] == get(name).toyworld

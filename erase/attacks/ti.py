@@ -27,6 +27,7 @@ class TIAttackConfig(AttackConfig):
     steps: int = option(1000, "optimisation steps")
     lr: float = option(5e-3, "learning rate of the embeddings (AdamW)")
     weight_decay: float = option(0.0, "AdamW weight decay on the embeddings")
+    norm_decay: float | None = option(None, "pull of the vectors' norm towards the vocabulary's per step, in [0, 1] (null: erase.inversion's min(1, 100 lr); 0: free)")
     init: str = option("random", "starting vectors: 'random' (the vocabulary's mean norm) or a word whose embedding starts every token")
 
     def validate(self) -> None:
@@ -35,6 +36,8 @@ class TIAttackConfig(AttackConfig):
         check_positive(self, "lr", integer=False)
         if self.weight_decay < 0:
             raise EraseError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.norm_decay is not None and not 0 <= self.norm_decay <= 1:
+            raise EraseError(f"norm_decay must be in [0, 1] or null, got {self.norm_decay}")
         if not isinstance(self.init, str) or not self.init.strip():
             raise EraseError(f"init must be 'random' or a word, got {self.init!r}")
 
@@ -63,7 +66,7 @@ def run(ctx, cfg: TIAttackConfig) -> Attacked:
 
     vectors = learn_vectors(pipe, concept, ctx.latents, ctx.prompts, ctx.scheduler(), n=cfg.tokens, steps=cfg.steps,
                             lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, seed=cfg.seed,
-                            progress=progress, init=initial_vectors(pipe, cfg))
+                            progress=progress, init=initial_vectors(pipe, cfg), norm_decay=cfg.norm_decay)
     ids, slots = slotted_prompts(pipe.tokenizer, ctx.eval_prompts, concept, cfg.tokens)
     with torch.no_grad():
         emb = encode_with_vectors(pipe, ids, slots, vectors.to(ctx.device)).cpu()
