@@ -149,3 +149,22 @@ def test_alignment_of_positions():
     assert [_aligned(i, [4], 2, 0, 10) for i in (4, 5, 6, 9)] == [4, 4, 4, 7]
     # two occurrences, 1 token -> 2 tokens
     assert [_aligned(i, [2, 5], 1, 2, 12) for i in (2, 3, 5, 6)] == [3, 4, 7, 8]
+
+
+@needs_bundled
+def test_several_concepts_in_one_edit(toy):
+    """Erasing a shape and a colour together: both go, a third concept of each kind stays."""
+    from erase.toyworld.judge import load_judge
+    from erase.toyworld.metrics import generate
+
+    judge = load_judge()
+    prompts = ["a green solid square", "a blue outlined square",  # square (1) must go
+               "a red solid circle", "a red striped star",  # red (0) must go
+               "a blue solid triangle", "a yellow striped heart"]  # kept: triangle blue, heart yellow
+    r = erase_concepts(toy, ["square", "red"], "uce", inplace=False)
+    assert r.stats["anchors"] == {"square": "triangle", "red": "green"}
+    with r.applied(toy):
+        logits = judge.logits(generate(toy, prompts, list(range(len(prompts))), steps=12))
+    shape, colour = logits["shape"].argmax(1).tolist(), logits["colour"].argmax(1).tolist()
+    assert 1 not in shape[:2] and 0 not in colour[2:4]
+    assert shape[4:] == [2, 4] and colour[4:] == [2, 3]
