@@ -67,19 +67,29 @@ def test_attack_bad_input(tiny_pipe):
         run_attack(tiny_pipe, "van gogh", "ti", TINY["ti"], erasure="missing.safetensors")
 
 
-@pytest.mark.skipif(not bundled_available(), reason="bundled toy-world model missing")
-def test_ti_brings_back_a_removed_word_on_the_bundled_model():
-    """Sanity: against the unerased model, with the concept's word replaced by one learned
-    token (random start, not the word's embedding), the judge sees the concept again."""
+@pytest.fixture(scope="module")
+def bundled():
+    """The bundled model and 16 of its own images of 'square' (shared by the sanity checks)."""
+    from erase.attacks import concept_data
     from erase.models import load_pipeline
 
-    torch.manual_seed(0)
     pipe = load_pipeline(None)
-    cfg = dict(steps=60, n_images=16, batch_size=8, lr=1e-2)
-    res = run_attack(pipe, "square", "ti", cfg, seeds=[0])
-    assert len(res.images) == 18 and all("square" not in p for p in res.prompts)
-    assert res.ua <= 0.2, res.ua
+    return pipe, concept_data(pipe, "square", make_config("ti", {"n_images": 16}, toyworld=True))
 
+
+@pytest.mark.skipif(not bundled_available(), reason="bundled toy-world model missing")
+@pytest.mark.parametrize("attack, cfg", [
+    ("ti", dict(steps=60, batch_size=8, lr=1e-2)),
+    # found "square" itself at step 40-80 (measured); ~30 s, so marked slow
+    pytest.param("prompt", dict(steps=80, batch_size=8, eval_every=10, eval_items=8), marks=pytest.mark.slow),
+])
+def test_attack_brings_back_a_removed_word_on_the_bundled_model(bundled, attack, cfg):
+    """Sanity: against the unerased model, with the concept's word removed (replaced by one
+    learned token from a random start, or by a found prefix), the judge sees the concept again."""
+    pipe, data = bundled
+    res = run_attack(pipe, "square", attack, cfg, data=data, seeds=[0])
+    assert len(res.images) == 18 and all("square" not in q.split(" ", cfg.get("k", 0))[-1] for q in res.prompts)
+    assert res.ua <= 0.2, (res.ua, res.prompts[0])
 
 def test_config_files_hold_the_defaults():
     from pathlib import Path
