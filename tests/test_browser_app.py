@@ -72,7 +72,7 @@ def test_load_erase_compare_in_browser(app_url, tmp_path):
             showcase = bool(os.environ.get("ERASE_APP_SCREENSHOT")) and not model
             method = "uce" if showcase else "fmn"
             page.locator("#method").get_by_text(method, exact=True).click()
-            page.wait_for_selector(f"#setting-{method}-{'anchor' if showcase else 'steps'} input", timeout=10_000)
+            page.wait_for_selector(f"#setting-{method}-{'anchor' if showcase else 'steps'}", timeout=10_000)
             if not showcase:
                 _fill(page, "setting-fmn-steps", 3)
                 _fill(page, "setting-fmn-lr", 0.01 if model else 1e-4)
