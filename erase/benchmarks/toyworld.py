@@ -224,15 +224,17 @@ def render(cells: Cells, quick: bool = False, header: str = "") -> str:
                       f" ({RECOMMENDED} is deterministic: it neither samples data nor trains)." if all(same) else
                       f"Erasure seed 1 gave different weights from seed 0 in {len(same) - sum(same)} of {len(same)} cells."]
     lines += ["", "### Each concept (erasure seed 0, scoring seed 0)", "",
-              "| concept | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+              "| concept | method | UA % | IRA % | CRA % | UA held-out % | distance | erase s | peak RSS |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for c in CONCEPTS:
-        cols = []
         for m in methods:
             r = next((r for r in main if r["method"] == m and r["concept"] == c), None)
-            cols.append("–" if r is None else f"{_pct(r['UA'])}/{_pct(r['IRA'])}/{_pct(r['CRA'])}"
-                        + (f" ({r['erase_s']:.0f} s)" if m != BASE else ""))
-        lines.append(f"| {c} | " + " | ".join(cols) + " |")
-    lines += ["", "Cells are UA/IRA/CRA % (erase seconds). UA: generations for the 18 (styles: 36) prompts naming the "
+            if r is None:
+                continue
+            held = f"{_pct(r['UA_heldout'])}" if "UA_heldout" in r else "–"
+            cost = ("– | –" if m == BASE else f"{r['erase_s']:.1f} | {r['peak'] / 2**20:.0f} MiB")
+            lines.append(f"| {c} | {m} | {_pct(r['UA'])} | {_pct(r['IRA'])} | {_pct(r['CRA'])} | {held} | {r['distance']:.1f} | {cost} |")
+    lines += ["", "UA: generations for the 18 (styles: 36) prompts naming the "
               "concept that the judge no longer assigns to it. IRA: the other concepts of the same kind still right; CRA: the "
               "other kinds still right (the 90 or 72 prompts not naming the concept). UA held-out: UA on "
               f"{cfg['heldout']} captions per concept phrased unlike any training prompt or template (other prefixes, sizes, "
