@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -133,7 +132,7 @@ def get(name: str) -> AttackSpec:
 def make_config(name: str, overrides: Mapping[str, object] | object | None = None, *, toyworld: bool = False):
     """The attack's config: defaults, then the toy-world presets (if asked), then ``overrides``
     (a dict, or a config instance used as is)."""
-    from erase.methods import _coerce
+    from erase.methods import build_config
 
     spec = get(name)
     if isinstance(overrides, spec.config_cls):
@@ -141,16 +140,7 @@ def make_config(name: str, overrides: Mapping[str, object] | object | None = Non
         return overrides
     if overrides is not None and dataclasses.is_dataclass(overrides):
         raise EraseError(f"config of type {type(overrides).__name__} is not a {spec.name} attack config")
-    values = dict(spec.toyworld) if toyworld else {}
-    values.update(overrides or {})
-    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise EraseError(f"unknown setting(s) for attack {spec.name}: {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
-    hints = typing.get_type_hints(spec.config_cls)
-    cfg = spec.config_cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
-    cfg.validate()
-    return cfg
+    return build_config(spec.config_cls, f"attack {spec.name}", spec.toyworld if toyworld else None, overrides)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -147,20 +147,25 @@ def _coerce(name: str, value, annotation):
     raise EraseError(f"setting {name} must be of type {getattr(base, '__name__', base)}, got {value!r}")
 
 
+def build_config(config_cls: type, label: str, presets: Mapping[str, object] | None, overrides: Mapping[str, object] | None):
+    """``config_cls`` from ``presets`` then ``overrides``, checked: unknown keys and value types
+    (named with ``label``, e.g. "method uce"), then the config's own ``validate()``."""
+    values = dict(presets or {})
+    values.update(overrides or {})
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise EraseError(f"unknown setting(s) for {label}: {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(config_cls)
+    config = config_cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+    config.validate()
+    return config
+
+
 def make_config(name: str, overrides: Mapping[str, object] | None = None, *, toyworld: bool = False):
     """The method's config: paper defaults, then toy-world presets (if asked), then overrides."""
     spec = get(name)
-    values = dict(spec.toyworld) if toyworld else {}
-    values.update(overrides or {})
-    fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
-    hints = typing.get_type_hints(spec.config_cls)
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise EraseError(f"unknown setting(s) for method {spec.name}: {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
-    kwargs = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
-    config = spec.config_cls(**kwargs)
-    config.validate()
-    return config
+    return build_config(spec.config_cls, f"method {spec.name}", spec.toyworld if toyworld else None, overrides)
 
 
 def read_yaml(path: str | Path) -> dict:
