@@ -85,6 +85,10 @@ class Cells:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.rows: dict[str, dict] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the file again (several processes may fill one cache, each skipping the others' cells)."""
         if self.path.exists():
             for line in self.path.read_text().splitlines():
                 if line.strip():
@@ -92,6 +96,8 @@ class Cells:
                     self.rows[row["key"]] = row
 
     def get(self, key: str) -> dict | None:
+        if key not in self.rows:
+            self.reload()
         return self.rows.get(key)
 
     def add(self, row: dict) -> None:
