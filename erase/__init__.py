@@ -2,7 +2,7 @@
 
     from erase import load_pipeline, erase_concepts, export_delta
     pipe = load_pipeline()                                  # bundled toy-world model
-    result = erase_concepts(pipe, ["circle"], method="salun")
+    result = erase_concepts(pipe, ["circle"], method="uce")
     export_delta(result, "no-circle.safetensors")
 
 The names below are imported lazily, so ``import erase.saliency`` (for example) stays light.

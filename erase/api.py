@@ -1,7 +1,7 @@
 """The engine's entry point: erase concepts from a pipeline, get the change back as a result.
 
     pipe = load_pipeline()
-    result = erase_concepts(pipe, ["circle"], method="salun")
+    result = erase_concepts(pipe, ["circle"], method="uce")
     with result.applied(base_pipe): ...        # swap the erased weights in, and out again
     export_delta(result, "circle.safetensors")
 
@@ -121,7 +121,7 @@ def config_for(pipe, method: str, config=None):
 def erase_concepts(
     pipe,
     concepts: str | Sequence[str],
-    method: str = "salun",
+    method: str = methods.RECOMMENDED,
     config=None,
     *,
     progress: ProgressFn | None = None,

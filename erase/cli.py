@@ -137,7 +137,7 @@ def run_job(job: dict, *, progress: bool = True) -> dict:
     if bad:
         raise EraseError(f"unknown export {bad[0]!r}; choose from {', '.join(EXPORTS)}")
     seeds = [int(s) for s in job.get("seeds") or [0, 1]]
-    method = job.get("method") or "salun"
+    method = job.get("method") or methods.RECOMMENDED
     config = job.get("config")
     overrides = read_yaml(config) if isinstance(config, (str, Path)) else dict(config or {})
     overrides.pop("method", None) if overrides.get("method") in (None, method) else None
@@ -206,13 +206,16 @@ def read_jobs(path: str | Path) -> list[dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from erase import methods
+
     p = argparse.ArgumentParser(
         prog="erase.py",
         description="Erase concepts from a Stable Diffusion model and export the result.",
-        epilog="Example: python scripts/erase.py --concept circle --method salun --out runs/no-circle",
+        epilog="Example: python scripts/erase.py --concept circle --method uce --out runs/no-circle",
     )
     p.add_argument("--concept", action="append", help="concept to erase (repeat for several)")
-    p.add_argument("--method", default="salun", help="fmn | salun (default: salun)")
+    p.add_argument("--method", default=methods.RECOMMENDED,
+                   help=f"{' | '.join(methods.available())} (default: {methods.RECOMMENDED}, see the README)")
     p.add_argument("--model", help="Hub id, diffusers folder or .safetensors file (default: the bundled toy-world model)")
     p.add_argument("--model-config", help="for a single-file --model: a diffusers folder (or Hub id) with its component configs")
     p.add_argument("--config", help="YAML file of method settings (see configs/)")

@@ -39,7 +39,7 @@ def test_cli_writes_every_export(tiny_folder, tmp_path):
     [
         (["--method", "nope"], "unknown method"),
         (["--set", "steps=-3", "--method", "fmn"], "steps must be a positive integer"),
-        (["--set", "mask_fraction=0"], "mask_fraction must be in (0, 1]"),
+        (["--set", "mask_fraction=0", "--method", "salun"], "mask_fraction must be in (0, 1]"),
         (["--set", "nonsense"], "--set expects key=value"),
         (["--model", "/no/such/model"], "model path not found"),
         (["--concept", "§§", "--method", "fmn"], "not in the tokenizer's vocabulary"),

@@ -69,7 +69,7 @@ def build_app(model: str | None = None, *, config: str | None = None, cache: Mod
                         info="type a concept and press Enter (several allowed); the bundled model's concepts are suggested",
                         elem_id="concepts",
                     )
-                    method = gr.Radio(method_names, value="salun" if "salun" in method_names else method_names[0],
+                    method = gr.Radio(method_names, value=methods.RECOMMENDED if methods.RECOMMENDED in method_names else method_names[0],
                                       label="Method", elem_id="method")
                     summaries = {m: methods.get(m).summary for m in method_names}
                     method_info = gr.Markdown(summaries.get(method.value, ""))

@@ -87,6 +87,11 @@ class MethodConfig(BaseConfig):
             raise EraseError(f"grad_clip must be positive or null, got {self.grad_clip!r}")
 
 
+# The method to start with: measured on the bundled toy world (BENCHMARKS.md), the one that erases
+# every kind of concept and keeps the rest. The default of the API, the CLI and the app.
+RECOMMENDED = "uce"
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
