@@ -260,7 +260,6 @@ def run(quick: bool = False) -> str:
     from erase.toyworld.metrics import DEFAULT_GUIDANCE, generation_accuracy
 
     cfg = settings(quick)
-    t0 = time.time()
     cells = run_cells(quick=quick)
     step = _json.loads((weights_dir() / "toyworld.json").read_text()).get("step")
     judge = load_judge()
@@ -270,7 +269,8 @@ def run(quick: bool = False) -> str:
     header = "\n".join([
         "## Toy world: bundled model and erasure scores", "",
         f"Machine: {machine_description()}. Command: `python scripts/benchmark.py --suite toyworld{' --quick' if quick else ''}` "
-        f"(resumable; this run {time.time() - t0:.0f} s, cells cached in toyworld-cache/). Bundled model: {step} training steps. "
+        f"(resumable: cells are cached in toyworld-cache/ and skipped, so a run after a change recomputes only what changed; "
+        f"all cells take about an hour of this CPU). Bundled model: {step} training steps. "
         f"Sampling: DDIM {cfg['steps']} steps, guidance {DEFAULT_GUIDANCE}, all 108 shape × colour × style prompts per scoring "
         f"seed; judge held-out accuracy " + ", ".join(f"{k} {_pct(v)}%" for k, v in judge.info.get("heldout_accuracy", {}).items()) + ".",
         "",
