@@ -88,7 +88,9 @@ def test_attack_brings_back_a_removed_word_on_the_bundled_model(bundled, attack,
     learned token from a random start, or by a found prefix), the judge sees the concept again."""
     pipe, data = bundled
     res = run_attack(pipe, "square", attack, cfg, data=data, seeds=[0])
-    assert len(res.images) == 18 and all("square" not in q.split(" ", cfg.get("k", 0))[-1] for q in res.prompts)
+    # the word is gone from each prompt; the prompt attack's own k-token prefix may find it again
+    k = make_config(attack, cfg, toyworld=True).k if attack == "prompt" else 0
+    assert len(res.images) == 18 and all("square" not in q.split(" ", k)[-1] for q in res.prompts), res.prompts[0]
     assert res.ua <= 0.2, (res.ua, res.prompts[0])
 
 def test_config_files_hold_the_defaults():
