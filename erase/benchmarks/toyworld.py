@@ -189,10 +189,9 @@ def render(cells: Cells, quick: bool = False, header: str = "") -> str:
     from erase.methods import available
 
     cfg = settings(quick)
-    current = {m: {(e, c): cell_key(m, c, e, 0, cfg["steps"]).rsplit("|", 1)[1] for e in (0, 1) for c in CONCEPTS[:1]}
-               for m in available()}
-    rows = [r for r in cells.rows.values() if r["key"].split("|")[4] == str(cfg["steps"]) and (
-        r["method"] == BASE or r["method"] in current and r["key"].rsplit("|", 1)[1] in current[r["method"]].values())]
+    # only cells of the current code and settings (a changed method's old cells stay in the file)
+    rows = [r for r in cells.rows.values() if (r["method"] == BASE or r["method"] in available())
+            and r["key"] == cell_key(r["method"], r["concept"], r["erase_seed"], r["score_seed"], cfg["steps"])]
     main = [r for r in rows if r["method"] == BASE and r["score_seed"] == 0 or r["method"] != BASE and r["erase_seed"] == 0 and r["score_seed"] == 0]
     methods = [BASE] + [m for m in METHOD_ORDER if any(r["method"] == m for r in main)]
     methods += sorted({r["method"] for r in main} - set(methods))
