@@ -9,7 +9,6 @@ any method fails in CI instead of on a GPU. 'auto' stays fp32 on CPU.
 from __future__ import annotations
 
 import dataclasses
-import traceback
 import warnings
 
 import pytest
