@@ -26,7 +26,7 @@ from erase.models import is_toyworld, resolve_mixed_precision
 from erase.prompts import prompt_source_for
 from erase.training import ProgressFn, select_parameters
 
-__all__ = ["ErasureResult", "erase_concepts", "normalise_concepts", "config_for", "load_unet_tensors"]
+__all__ = ["ErasureResult", "erase_concepts", "normalise_concepts", "config_for", "load_unet_tensors", "tensors_applied"]
 
 
 def load_unet_tensors(pipe, values: Mapping[str, torch.Tensor]) -> None:
@@ -40,6 +40,19 @@ def load_unet_tensors(pipe, values: Mapping[str, torch.Tensor]) -> None:
             if params[n].shape != v.shape:
                 raise EraseError(f"tensor {n!r} has shape {tuple(v.shape)}, the UNet's is {tuple(params[n].shape)}")
             params[n].copy_(v.to(params[n].device, params[n].dtype))
+
+
+@contextmanager
+def tensors_applied(pipe, tensors: Mapping[str, torch.Tensor]):
+    """Use ``pipe`` with ``tensors`` (keyed like ``unet.named_parameters()``) written into its UNet
+    inside the block; the values they replaced come back afterwards, also on error."""
+    params = dict(pipe.unet.named_parameters())
+    saved = {n: params[n].detach().clone() for n in tensors if n in params}
+    load_unet_tensors(pipe, tensors)
+    try:
+        yield pipe
+    finally:
+        load_unet_tensors(pipe, saved)
 
 
 @dataclass
@@ -78,16 +91,9 @@ class ErasureResult:
         """Write the base model's values back into ``pipe.unet``."""
         load_unet_tensors(pipe, self.original)
 
-    @contextmanager
     def applied(self, pipe):
         """Use ``pipe`` as the erased model inside the block; the base weights come back after."""
-        params = dict(pipe.unet.named_parameters())
-        saved = {n: params[n].detach().clone() for n in self.tensors if n in params}
-        self.apply(pipe)
-        try:
-            yield pipe
-        finally:
-            load_unet_tensors(pipe, saved)
+        return tensors_applied(pipe, self.tensors)
 
 
 def normalise_concepts(concepts: str | Sequence[str]) -> list[str]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,17 +151,10 @@ class _Weights:
     def __init__(self, tensors: Mapping[str, torch.Tensor]):
         self.tensors = dict(tensors)
 
-    @contextmanager
     def applied(self, pipe):
-        from erase.api import load_unet_tensors
+        from erase.api import tensors_applied
 
-        params = dict(pipe.unet.named_parameters())
-        saved = {n: params[n].detach().to("cpu", copy=True) for n in self.tensors if n in params}
-        load_unet_tensors(pipe, self.tensors)
-        try:
-            yield pipe
-        finally:
-            load_unet_tensors(pipe, saved)
+        return tensors_applied(pipe, self.tensors)
 
 
 def erased_weights(erasure):
@@ -287,6 +280,7 @@ class AttackContext:
 def _generate(pipe, prompts: Sequence[str], seeds: Sequence[int], prompt_embeds: torch.Tensor | None, *,
               steps: int, guidance: float, batch: int = 36, progress=None) -> list:
     from erase.data import encode_prompts
+    from erase.models import sampling_autocast
 
     pipe.set_progress_bar_config(disable=True)
     images = []
@@ -299,7 +293,8 @@ def _generate(pipe, prompts: Sequence[str], seeds: Sequence[int], prompt_embeds:
             neg, _ = encode_prompts(pipe, [""] * len(emb))
             kw = {"prompt_embeds": emb.to(pipe.device, pipe.text_encoder.dtype),
                   "negative_prompt_embeds": neg.to(pipe.device, pipe.text_encoder.dtype)}
-        images += pipe(num_inference_steps=steps, guidance_scale=guidance, generator=gens, **kw).images
+        with sampling_autocast(pipe):
+            images += pipe(num_inference_steps=steps, guidance_scale=guidance, generator=gens, **kw).images
         if progress is not None:
             progress(min(i + batch, len(prompts)), len(prompts), {"phase": "attacked generations"})
     return images
