@@ -6,6 +6,7 @@ one object with one value of each kind; a caption names them through one of a fe
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 
@@ -93,10 +94,12 @@ def varied_captions(n: int = 3000, seed: int = 0) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def context_prompts() -> list[str]:
-    """Every caption of every combination in every training template, then the varied ones."""
+@functools.lru_cache(maxsize=1)
+def context_prompts() -> tuple[str, ...]:
+    """Every caption of every combination in every training template, then the varied ones
+    (built once per process)."""
     full = [caption(*t, template=i) for t in combinations() for i in range(len(TEMPLATES))]
-    return list(dict.fromkeys(full + varied_captions()))
+    return tuple(dict.fromkeys(full + varied_captions()))
 
 
 def combinations() -> list[tuple[str, str, str]]:
