@@ -82,6 +82,20 @@ def generation_accuracy(pipe, *, seeds: Sequence[int] = (0,), steps: int = DEFAU
     return {**acc, "all_three": float(all_right.mean()), "n": len(labels)}
 
 
+def _ua_ira_cra(kind: str, f_pred: dict, f_labels: np.ndarray, r_pred: dict, r_labels: np.ndarray) -> tuple[float, float, float]:
+    """UA, IRA and CRA from the judge's predicted labels per head (dicts of arrays) on the images
+    of prompts naming the concept (f) and not naming it (r), with their true labels."""
+    k = _ORDER[kind]
+    ua = float((f_pred[kind] != f_labels[:, k]).mean())
+    ira = float((r_pred[kind] == r_labels[:, k]).mean())
+    cra = float(np.mean([(r_pred[name] == r_labels[:, j]).mean() for j, name in enumerate(KINDS) if j != k]))
+    return ua, ira, cra
+
+
+def _predictions(logits: dict) -> dict:
+    return {name: v.argmax(1).numpy() for name, v in logits.items()}
+
+
 def heldout_prompts(concept: str, n: int = 24) -> list[str]:
     """``n`` captions naming the concept in phrasings no method trains on (not in
     ``context_prompts()``, nor any training template): to see whether an erasure generalises."""
@@ -103,10 +117,11 @@ def world_scores(pipe, concepts: Sequence[str], *, seed: int = 0, steps: int = D
     prompts, img_seeds, labels = _jobs(triples, [seed])
     extra = {c: heldout_prompts(c, heldout) for c in concepts} if heldout else {}
     extra_prompts = [p for c in concepts for p in extra.get(c, [])]
-    extra_seeds = [500_000 + seed * 1000 + i for i in range(len(extra_prompts))]
+    # per concept the same seeds whichever concepts are scored together (base model: all at once)
+    extra_seeds = [500_000 + seed * 1000 + i for c in concepts for i in range(len(extra.get(c, [])))]
     images = generate(pipe, prompts + extra_prompts, img_seeds + extra_seeds, steps=steps, guidance=guidance)
     world, held = images[: len(prompts)], images[len(prompts):]
-    logits = judge.logits(world)
+    pred = _predictions(judge.logits(world))
     feats = judge.features(world)
     held_pred = judge.logits(held) if len(held) else None
     from erase.toyworld.render import render
@@ -115,12 +130,9 @@ def world_scores(pipe, concepts: Sequence[str], *, seed: int = 0, steps: int = D
     for c in concepts:
         kind = concept_kind(c)
         c = c.strip().lower()
-        k = _ORDER[kind]
-        forget = np.array([t[k] == c for t in triples])
-        ua = float((logits[kind].argmax(1).numpy()[forget] != labels[forget, k]).mean())
-        ira = float((logits[kind].argmax(1).numpy()[~forget] == labels[~forget, k]).mean())
-        others = [j for j in range(3) if j != k]
-        cra = float(np.mean([(logits[list(KINDS)[j]].argmax(1).numpy()[~forget] == labels[~forget, j]).mean() for j in others]))
+        forget = np.array([t[_ORDER[kind]] == c for t in triples])
+        ua, ira, cra = _ua_ira_cra(kind, {n: p[forget] for n, p in pred.items()}, labels[forget],
+                                   {n: p[~forget] for n, p in pred.items()}, labels[~forget])
         keep = [i for i in range(len(triples)) if not forget[i]]
         ref = np.stack([np.asarray(render(*triples[i], img_seeds[i])) for i in keep])
         distance = frechet_distance(feats[keep], judge.features(ref))
@@ -158,12 +170,7 @@ def erasure_scores(pipe, concept: str, *, reference_pipe=None, seeds: Sequence[i
     images = generate(pipe, f_prompts + r_prompts, f_seeds + r_seeds, steps=steps, guidance=guidance)
     f_img, r_img = images[: len(f_prompts)], images[len(f_prompts):]
 
-    f_pred = judge.logits(f_img)[kind].argmax(1).numpy()
-    r_logits = judge.logits(r_img)
-    ua = float((f_pred != f_labels[:, k]).mean())
-    ira = float((r_logits[kind].argmax(1).numpy() == r_labels[:, k]).mean())
-    others = [j for j in range(3) if j != k]
-    cra = float(np.mean([(r_logits[list(KINDS)[j]].argmax(1).numpy() == r_labels[:, j]).mean() for j in others]))
+    ua, ira, cra = _ua_ira_cra(kind, _predictions(judge.logits(f_img)), f_labels, _predictions(judge.logits(r_img)), r_labels)
 
     if reference_pipe is not None:
         ref = generate(reference_pipe, r_prompts, r_seeds, steps=steps, guidance=guidance)
