@@ -290,9 +290,7 @@ def load_pipeline(
     """
     kind, location = _resolve(model)
     device = torch.device(device) if device is not None else default_device()
-    if mixed_precision not in (None, "auto", *PRECISIONS):
-        raise EraseError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {mixed_precision!r}")
-    mixed_precision = resolve_mixed_precision(mixed_precision, device)
+    mixed_precision = resolve_mixed_precision(mixed_precision, device)  # checks the value too
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     common = dict(safety_checker=None, requires_safety_checker=False, dtype=torch.float32)

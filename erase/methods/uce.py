@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from erase.concepts import anchor_prompt, concept_positions, concept_token_ids, mentions
+from erase.concepts import anchor_prompt, check_concept, concept_positions, concept_token_ids, mentions
 from erase.data import encode_prompts
 from erase.errors import ConceptNotFoundError, EraseError
 from erase.methods import BaseConfig, option, register
@@ -134,7 +134,7 @@ def edit_matrix(job, cfg: UCEConfig) -> tuple[torch.Tensor, dict]:
         if clash:
             raise EraseError(f"preserve concept {p!r} is also being erased ({clash[0]!r})")
         try:
-            concept_positions(tok, f"a photo of {p}", p)
+            check_concept(tok, p)
         except ConceptNotFoundError as e:
             raise EraseError(f"preserve concept {p!r} cannot be placed by the tokenizer: {e}") from None
 
