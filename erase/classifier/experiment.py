@@ -73,7 +73,10 @@ class ExperimentResult:
 
 
 def mlp_for(data: Dataset):
-    return lambda: MLP(data.n_features, int(data.n_classes), HIDDEN)
+    """The bundled MLP sized for ``data`` (an Arch: buildable here and in another process)."""
+    from erase.classifier.archs import arch_for_data
+
+    return arch_for_data("mlp", data.X_train.shape[1:], int(data.n_classes), hidden=list(HIDDEN))
 
 
 def prepare_scenario(dataset: str | Dataset, forget_spec: str, seed: int = 0, train: TrainConfig | None = None) -> Scenario:
@@ -211,6 +214,23 @@ def read_probabilities(path: str | Path, n: int) -> np.ndarray:
     if len(values) != n:
         raise EraseError(f"deletion probabilities file {path} has {len(values)} values for {n} training samples")
     return values
+
+
+def fit_sisa_only(dataset: str, seed: int = 0, config: SISAConfig | None = None, deletion_probabilities: str | None = None):
+    """Train a SISA model on a built-in dataset without deleting anything -> (model, data, summary line)."""
+    cfg = config or SISAConfig()
+    data = load_dataset(dataset, seed)
+    if not data.is_classification:
+        raise EraseError(f"sisa needs a classification dataset; {dataset!r} is {data.task}")
+    probs = read_probabilities(deletion_probabilities, data.n_train) if deletion_probabilities else None
+    if probs is not None and cfg.sharding != "distribution":
+        raise EraseError("deletion probabilities are only used by SISA with sharding=distribution (--set sharding=distribution)")
+    t0 = time.perf_counter()
+    sisa = SISAModel(mlp_for(data), cfg, seed).fit(data.X_train, data.y_train, deletion_probabilities=probs)
+    ta = 100.0 * float((sisa.predict(data.X_test) == data.y_test).mean())
+    line = (f"sisa on {data.name}: {cfg.shards} shards x {cfg.slices} slices, {data.n_train} training samples, "
+            f"test accuracy {ta:.2f} %, {time.perf_counter() - t0:.1f} s")
+    return sisa, data, line
 
 
 def run_experiment(

@@ -35,11 +35,14 @@ class MLP(nn.Module):
         self.config = {"in_features": in_features, "n_classes": n_classes, "hidden": list(hidden)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+        return self.head(self.body(x.flatten(1) if x.dim() > 2 else x))
 
 
 def mlp_factory(in_features: int, n_classes: int, hidden: tuple[int, ...] = (128,)) -> Callable[[], MLP]:
-    return lambda: MLP(in_features, n_classes, hidden)
+    """A buildable (and recordable) factory of MLPs: an :class:`~erase.classifier.archs.Arch`."""
+    from erase.classifier.archs import Arch
+
+    return Arch("mlp", {"in_features": int(in_features), "n_classes": int(n_classes), "hidden": [int(h) for h in hidden]})
 
 
 def seeded(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
@@ -82,6 +85,8 @@ def train_classifier(model: nn.Module, X, y, config: TrainConfig | None = None, 
         perm = torch.randperm(n, generator=gen)
         for s in range(0, n, cfg.batch_size):
             b = perm[s : s + cfg.batch_size]
+            if len(b) == 1 and n > 1:  # a batch of one breaks batch norm; its sample is seen next epoch
+                continue
             opt.zero_grad(set_to_none=True)
             loss_fn(model(X[b]), y[b]).backward()
             opt.step()

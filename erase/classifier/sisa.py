@@ -27,14 +27,20 @@ likeliest points go to the last slices, so their deletion retrains little. (The 
 code's distribution-aware branch crashes; this is our own formulation of the same goal.)
 
 Checkpoints live in memory or, with ``checkpoint_dir``, as safetensors files (never pickle),
-written to a temp path and renamed.
+written to a temp path and renamed. ``save(dir)`` / ``SISAModel.load(dir)`` keep the whole model
+on disk (:mod:`erase.classifier.sisa_store`): a deletion in a new process retrains exactly what
+an in-process one would, bit for bit.
+
+Executor seam: each shard's (re)training is one :class:`ShardTask` run by the pure function
+:func:`train_shard`; ``SISAModel(..., executor=f)`` takes any ``f(tasks) -> results`` (the
+default runs them one after the other here), so shards can run in other processes or machines.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,17 +180,23 @@ def _key(ids: np.ndarray) -> str:
 
 
 class _CheckpointStore:
-    """state_dicts keyed by (shard, slice), with the hash of the ids they were trained on."""
+    """state_dicts keyed by (shard, slice), with the hash of the ids they were trained on.
+
+    A checkpoint is held in memory, in ``checkpoint_dir`` (written as it is produced), or in a
+    saved SISA folder it was loaded from (read on demand; ``files`` maps it to that file).
+    """
 
     def __init__(self, folder: str | None):
         self.folder = Path(folder) if folder else None
-        self.mem: dict[tuple[int, int], tuple[str, dict[str, torch.Tensor]]] = {}
+        self.mem: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self.keys: dict[tuple[int, int], str] = {}
+        self.files: dict[tuple[int, int], Path] = {}  # clean checkpoints of a loaded SISA folder
 
     def put(self, s: int, r: int, key: str, state: dict[str, torch.Tensor]) -> None:
         self.keys[(s, r)] = key
+        self.files.pop((s, r), None)
         if self.folder is None:
-            self.mem[(s, r)] = (key, {k: v.detach().clone() for k, v in state.items()})
+            self.mem[(s, r)] = {k: v.detach().clone() for k, v in state.items()}
         else:
             save_tensors(self.folder / f"shard{s:03d}" / f"slice{r:03d}.safetensors", state, {"key": key})
 
@@ -192,11 +204,56 @@ class _CheckpointStore:
         return self.keys.get((s, r))
 
     def get(self, s: int, r: int) -> dict[str, torch.Tensor]:
-        if self.folder is None:
-            return {k: v.clone() for k, v in self.mem[(s, r)][1].items()}
         from safetensors.torch import load_file
 
+        if (s, r) in self.files:
+            return load_file(str(self.files[(s, r)]))
+        if self.folder is None:
+            return {k: v.clone() for k, v in self.mem[(s, r)].items()}
         return load_file(str(self.folder / f"shard{s:03d}" / f"slice{r:03d}.safetensors"))
+
+
+@dataclass
+class ShardTask:
+    """Everything one shard's (re)training needs: train slices ``start..R-1`` of shard ``shard``.
+
+    ``steps`` holds, for each slice r from ``start`` on, the ids of the prefix (slices 0..r,
+    surviving samples, ascending) and their data. ``init_state`` is the checkpoint after slice
+    ``start - 1`` (None when ``start == 0``: a fresh model seeded by (seed, shard)).
+    """
+
+    shard: int
+    start: int
+    factory: Callable[[], nn.Module]
+    seed: int
+    train: TrainConfig
+    init_state: dict[str, torch.Tensor] | None
+    steps: list[tuple[int, np.ndarray, torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class ShardResult:
+    shard: int
+    states: list[tuple[int, str, dict[str, torch.Tensor]]]  # (slice, key of its ids, state_dict)
+    samples: int  # samples trained per epoch, summed over the steps
+
+
+def train_shard(task: ShardTask) -> ShardResult:
+    """Train one shard's slices (a pure function of the task: the executor seam)."""
+    model = seeded(task.factory, _seed(task.seed, task.shard))
+    if task.init_state is not None:
+        model.load_state_dict(task.init_state)
+    states, count = [], 0
+    for r, ids, X, y in task.steps:
+        train_classifier(model, X, y, task.train, seed=_seed(task.seed, task.shard, r))
+        states.append((r, _key(ids), {k: v.detach().clone() for k, v in model.state_dict().items()}))
+        count += len(ids)
+    return ShardResult(task.shard, states, count)
+
+
+def serial_executor(tasks: Sequence[ShardTask]) -> list[ShardResult]:
+    """Run the shard tasks one after the other in this process."""
+    return [train_shard(t) for t in tasks]
 
 
 class SISAModel:
@@ -204,17 +261,21 @@ class SISAModel:
 
     ``SISAModel(factory, config, seed).fit(X, y)`` trains all shards; ``delete(ids)`` unlearns
     training samples (ids are positions in the X given to ``fit``) and returns statistics;
-    ``predict_proba`` aggregates.
+    ``predict_proba`` aggregates; ``save(dir)`` / ``SISAModel.load(dir)`` keep it on disk (the
+    factory must then be an :class:`~erase.classifier.archs.Arch`, e.g. from ``mlp_factory``).
     """
 
-    def __init__(self, factory: Callable[[], nn.Module], config: SISAConfig | None = None, seed: int = 0):
+    def __init__(self, factory: Callable[[], nn.Module], config: SISAConfig | None = None, seed: int = 0,
+                 executor: Callable[[Sequence[ShardTask]], Sequence[ShardResult]] | None = None):
         self.factory = factory
         self.config = config or SISAConfig()
         if self.config.aggregation not in ("vote", "softmax"):
             raise EraseError(f"unknown SISA aggregation {self.config.aggregation!r}; use vote or softmax")
         self.seed = int(seed)
+        self.executor = executor or serial_executor
         self.models: list[nn.Module | None] = []
         self.store = _CheckpointStore(self.config.checkpoint_dir)
+        self.folder: Path | None = None  # the SISA folder this model was loaded from / saved to
 
     # ---- training -------------------------------------------------------------------------
     def fit(self, X, y, assignment: Assignment | None = None, deletion_probabilities=None) -> "SISAModel":
@@ -244,36 +305,65 @@ class SISAModel:
         self.assignment = assignment
         self.alive = np.ones(n, dtype=bool)
         self.models = [None] * assignment.n_shards
-        self.samples_trained = 0
-        for s in range(assignment.n_shards):
-            self.samples_trained += self._train_shard(s, 0)
+        self.samples_trained = self._run({s: 0 for s in range(assignment.n_shards)})
         return self
 
     def _prefix_ids(self, s: int, r: int) -> np.ndarray:
         a = self.assignment
         return np.flatnonzero(self.alive & (a.shard == s) & (a.slice <= r))  # ascending ids
 
-    def _train_shard(self, s: int, start: int) -> int:
-        """(Re)train shard ``s`` from slice ``start``; returns the number of samples trained per epoch summed over steps."""
+    def _task(self, s: int, start: int) -> ShardTask:
         cfg = self.config
-        if start == 0:
-            model = seeded(self.factory, _seed(self.seed, s))
-        else:
-            model = seeded(self.factory, _seed(self.seed, s))
-            model.load_state_dict(self.store.get(s, start - 1))
-        count = 0
-        tc = TrainConfig(epochs=cfg.epochs_per_slice, lr=cfg.lr, batch_size=cfg.batch_size)
+        steps = []
         for r in range(start, self.assignment.n_slices):
             ids = self._prefix_ids(s, r)
-            train_classifier(model, self.X[ids], self.y[ids], tc, seed=_seed(self.seed, s, r))
-            self.store.put(s, r, _key(ids), model.state_dict())
-            count += len(ids)
-        self.models[s] = model.eval() if len(self._prefix_ids(s, self.assignment.n_slices - 1)) else None
+            steps.append((r, ids, self.X[ids], self.y[ids]))
+        return ShardTask(
+            shard=s, start=start, factory=self.factory, seed=self.seed,
+            train=TrainConfig(epochs=cfg.epochs_per_slice, lr=cfg.lr, batch_size=cfg.batch_size),
+            init_state=self.store.get(s, start - 1) if start > 0 else None, steps=steps,
+        )
+
+    def _run(self, starts: dict[int, int]) -> int:
+        """(Re)train shard s from slice starts[s] for every s, through the executor; returns samples trained."""
+        if not starts:
+            return 0
+        results = list(self.executor([self._task(s, start) for s, start in starts.items()]))
+        if sorted(r.shard for r in results) != sorted(starts):
+            raise EraseError("the SISA executor returned results for other shards than it was given")
+        count = 0
+        for res in results:
+            for r, key, state in res.states:
+                self.store.put(res.shard, r, key, state)
+            count += res.samples
+            self.models[res.shard] = self._final_model(res.shard, res.states[-1][2] if res.states else None)
         return count
+
+    def _final_model(self, s: int, state: dict[str, torch.Tensor] | None) -> nn.Module | None:
+        """The shard's constituent (its last checkpoint), or None when the shard has no sample left."""
+        if not len(self._prefix_ids(s, self.assignment.n_slices - 1)):
+            return None
+        model = seeded(self.factory, _seed(self.seed, s))
+        model.load_state_dict(state if state is not None else self.store.get(s, self.assignment.n_slices - 1))
+        return model.eval()
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "assignment"):
             raise EraseError("this SISAModel is not trained yet: call fit(X, y) first")
+
+    # ---- persistence ----------------------------------------------------------------------
+    def save(self, folder, X_test=None, y_test=None, overwrite: bool = False) -> Path:
+        """Write the model to ``folder`` atomically (see :mod:`erase.classifier.sisa_store`)."""
+        from erase.classifier.sisa_store import save_sisa
+
+        return save_sisa(self, folder, X_test, y_test, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, folder, executor=None) -> "SISAModel":
+        """Reopen a folder written by :meth:`save` (checked: format version, files, hashes)."""
+        from erase.classifier.sisa_store import load_sisa
+
+        return load_sisa(folder, executor=executor)
 
     # ---- unlearning -----------------------------------------------------------------------
     def full_cost(self) -> int:
@@ -293,18 +383,14 @@ class SISAModel:
             raise EraseError("the forget set covers every remaining training sample: nothing would remain")
         t0 = time.perf_counter()
         self.alive[ids] = False
-        retrained, shards_hit, resumed_from = 0, [], {}
+        resumed_from = {}
         for s in range(self.assignment.n_shards):
-            start = None
             for r in range(self.assignment.n_slices):
                 if self.store.key(s, r) != _key(self._prefix_ids(s, r)):
-                    start = r
+                    resumed_from[s] = r
                     break
-            if start is None:
-                continue
-            shards_hit.append(s)
-            resumed_from[s] = start
-            retrained += self._train_shard(s, start)
+        shards_hit = sorted(resumed_from)
+        retrained = self._run(resumed_from)
         return {
             "deleted": int(len(ids)),
             "shards_retrained": shards_hit,
@@ -332,6 +418,11 @@ class SISAModel:
 
     def predict(self, X) -> np.ndarray:
         return self.predict_proba(X).argmax(1)
+
+    @property
+    def deleted(self) -> np.ndarray:
+        """Ids deleted so far (ascending)."""
+        return np.flatnonzero(~self.alive)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """All constituents' weights, prefixed ``shard{s}.``, for safetensors export."""

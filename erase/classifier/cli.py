@@ -1,0 +1,177 @@
+"""``scripts/unlearn.py``: unlearn part of a classifier's training set, or delete from a saved SISA model.
+
+Two modes:
+
+- an experiment: ``--method M --dataset NAME --forget SPEC`` trains the original model (or
+  loads ``--model``), unlearns, retrains from scratch as the reference and prints the metrics;
+  ``--out`` gets ``metrics.json`` and ``model.safetensors``; with ``--method sisa``, ``--save DIR``
+  keeps the SISA model as a folder that later deletions reopen;
+- a deletion: ``--sisa DIR --delete SPEC`` reopens a saved SISA model, deletes, and saves it
+  back atomically (a crash leaves the previous state).
+
+Bad input is a one-line ``error: ...`` and exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from erase.errors import EraseError
+
+USAGE = """examples:
+  unlearn.py --method boundary-shrink --dataset digits --forget class:3
+  unlearn.py --method salun --dataset digits --forget random:0.1 --out runs/salun
+  unlearn.py --method pru --dataset diabetes --forget k:10
+  unlearn.py --method sisa --dataset digits --forget k:5 --save runs/sisa-digits
+  unlearn.py --sisa runs/sisa-digits --delete indices:ids.txt
+
+--forget / --delete: class:C | random:FRACTION | k:COUNT | indices:FILE (one training index per line).
+--config: a YAML file of method options (see configs/classifier/); --set key=value overrides.
+"""
+
+
+def load_overrides(config_file: str | None, sets: list[str]) -> dict:
+    """Options from a YAML file, then --set key=value pairs (parsed as in scripts/erase.py)."""
+    from erase.cli import parse_sets
+    from erase.methods import read_yaml
+
+    out = read_yaml(config_file) if config_file else {}
+    out.update(parse_sets(sets))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from erase.classifier import DATASETS, METHODS
+
+    p = argparse.ArgumentParser(prog="unlearn.py", description=__doc__.split("\n\n")[0], epilog=USAGE,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", help=f"one of: {', '.join(METHODS)}")
+    p.add_argument("--dataset", help=f"a built-in dataset: {', '.join(DATASETS)}")
+    p.add_argument("--forget", help="class:C | random:FRACTION | k:COUNT | indices:FILE")
+    p.add_argument("--out", default=None, help="output folder (default runs/unlearn/METHOD-DATASET)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, forget set, models and method")
+    p.add_argument("--config", default=None, help="YAML file of method options")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one method option")
+    p.add_argument("--deletion-probabilities", default=None, metavar="FILE",
+                   help="SISA with --set sharding=distribution: one deletion probability per training sample")
+    p.add_argument("--save", default=None, metavar="DIR", help="--method sisa: keep the SISA model in DIR (reopen with --sisa)")
+    p.add_argument("--sisa", default=None, metavar="DIR", help="a SISA folder written by --save: delete from it (with --delete)")
+    p.add_argument("--delete", default=None, metavar="SPEC", help="with --sisa: indices:FILE or class:C")
+    p.add_argument("--overwrite", action="store_true", help="let --save replace an existing SISA folder")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    return p
+
+
+def _check_args(args) -> None:
+    from erase.classifier import DATASETS, get_method
+
+    if args.sisa is not None:
+        extra = [f"--{k}" for k in ("method", "dataset", "forget", "save") if getattr(args, k) is not None]
+        if extra:
+            raise EraseError(f"--sisa DIR deletes from a saved SISA model; {extra[0]} does not apply (use --delete SPEC)")
+        if not args.delete:
+            raise EraseError("--sisa DIR needs --delete SPEC (indices:FILE or class:C)")
+        return
+    if args.delete is not None:
+        raise EraseError("--delete needs --sisa DIR (a folder written by --method sisa --save DIR)")
+    if not args.method:
+        raise EraseError("give --method (or --sisa DIR --delete SPEC)")
+    spec = get_method(args.method)
+    if not args.dataset:
+        raise EraseError("give --dataset")
+    if args.dataset not in DATASETS:
+        raise EraseError(f"unknown dataset {args.dataset!r}; choose from {', '.join(DATASETS)}")
+    if args.save is not None:
+        if spec.model_kind != "sisa":
+            raise EraseError(f"--save keeps a SISA model; {args.method} has none (its model goes to --out)")
+        _check_save_target(Path(args.save), args.overwrite)
+    if not args.forget and not (spec.model_kind == "sisa" and args.save):
+        raise EraseError("give --forget SPEC (class:C, random:FRACTION, k:COUNT or indices:FILE)")
+
+
+def _check_save_target(folder: Path, overwrite: bool) -> None:
+    from erase.classifier.sisa_store import MANIFEST
+
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        if not (folder / MANIFEST).exists():
+            raise EraseError(f"{folder} exists and is not a SISA folder; refusing to write into it")
+        if not overwrite:
+            raise EraseError(f"{folder} already holds a SISA model; pass --overwrite to replace it")
+
+
+def _delete_from_sisa(args) -> int:
+    import numpy as np
+
+    from erase.classifier.data import Dataset, parse_forget
+    from erase.classifier.sisa import SISAModel
+
+    model = SISAModel.load(args.sisa)
+    kind = args.delete.partition(":")[0].strip().lower()
+    if kind not in ("indices", "class"):
+        raise EraseError(f"--delete takes indices:FILE or class:C (a deletion names its samples), got {args.delete!r}")
+    X_test, y_test = model.test if model.test is not None else (model.X[:0], model.y[:0])
+    y = model.y.numpy()
+    view = Dataset("sisa", "classification", model.X.numpy(), y, X_test.numpy(), y_test.numpy(),
+                   n_classes=int(y.max()) + 1 if (y >= 0).any() else 1)
+    forget = parse_forget(args.delete, view, args.seed)  # class:C only finds live samples (deleted labels are -1)
+
+    def ta():
+        return 100.0 * float((model.predict(X_test) == y_test.numpy()).mean()) if len(y_test) else float("nan")
+
+    before = ta()
+    stats = model.delete(forget.indices)
+    after = ta()
+    model.save(args.sisa)
+    print(f"deleted {stats['deleted']} samples from {args.sisa}: shards retrained {stats['shards_retrained']}, "
+          f"samples retrained {stats['samples_retrained']} / {stats['full_retrain_samples']} of a full SISA retrain, "
+          f"{stats['seconds']:.2f} s")
+    if not np.isnan(before):
+        print(f"test accuracy {before:.2f} % -> {after:.2f} %")
+    print(f"{int((~model.alive).sum())} samples deleted in all; saved {args.sisa}")
+    return 0
+
+
+def _run_experiment(args) -> int:
+    from erase.classifier import get_method, make_config
+    from erase.classifier.experiment import fit_sisa_only, markdown_table, run_experiment, save_outputs
+
+    spec = get_method(args.method)
+    config = make_config(args.method, load_overrides(args.config, args.set))
+    if spec.model_kind == "sisa" and args.save and not args.forget:
+        sisa, data, line = fit_sisa_only(args.dataset, args.seed, config, args.deletion_probabilities)
+        sisa.save(args.save, data.X_test, data.y_test, overwrite=args.overwrite)
+        print(line + f"\nsaved {args.save}")
+        return 0
+    result = run_experiment(args.method, args.dataset, args.forget, seed=args.seed, config=config,
+                            deletion_probabilities=args.deletion_probabilities)
+    print(f"{result.method} on {result.dataset}, forget {result.forget} ({result.n_forget} samples), seed {result.seed}\n")
+    print(markdown_table(result.rows))
+    if result.stats:
+        print("\n" + json.dumps(result.stats, default=str))
+    if args.save:
+        result.models["sisa"].save(args.save, overwrite=args.overwrite)
+        print(f"saved the SISA model (after this deletion) to {args.save}")
+    out = Path(args.out) if args.out else Path("runs") / "unlearn" / f"{args.method}-{args.dataset}"
+    try:
+        written = save_outputs(result, out)
+    except OSError as e:
+        raise EraseError(f"cannot write the results to {out}: {e.strerror or e}") from None
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+        _check_args(args)
+        return _delete_from_sisa(args) if args.sisa else _run_experiment(args)
+    except EraseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
