@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from erase.classifier import make_config, unlearn
+from erase.classifier import make_config, run_method
 from erase.classifier.data import load_dataset, parse_forget, validate_indices
 from erase.classifier.models import MLP
 from erase.classifier.sisa import uniform_assignment
@@ -59,17 +59,17 @@ def test_bad_index_files(digits, tmp_path):
 def test_bad_indices_and_models(digits):
     model = MLP(64, 10)
     with pytest.raises(EraseError, match="empty"):
-        unlearn("salun", model, digits, [])
+        run_method("salun", model, digits, [])
     with pytest.raises(EraseError, match="index -3"):
-        unlearn("boundary-shrink", model, digits, [-3])
+        run_method("boundary-shrink", model, digits, [-3])
     with pytest.raises(EraseError, match="whole training set"):
-        unlearn("retrain", model, digits, np.arange(digits.n_train))
+        run_method("retrain", model, digits, np.arange(digits.n_train))
     with pytest.raises(EraseError, match="unknown method 'forget-it'"):
-        unlearn("forget-it", model, digits, [1])
+        run_method("forget-it", model, digits, [1])
     with pytest.raises(EraseError, match="PRU needs a linear model"):
-        unlearn("pru", model, digits, [1])
+        run_method("pru", model, digits, [1])
     with pytest.raises(EraseError, match="classification dataset; 'diabetes'"):
-        unlearn("salun", model, load_dataset("diabetes"), [1])
+        run_method("salun", model, load_dataset("diabetes"), [1])
     with pytest.raises(EraseError, match="S=20 shards.*10"):
         uniform_assignment(10, 20, 2)
     with pytest.raises(EraseError, match="unknown dataset 'mnist'"):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from erase.classifier import unlearn
+from erase.classifier import run_method
 from erase.classifier.data import load_dataset, linear_view, parse_forget, retain_indices
 from erase.classifier.linear import design, fit_logistic, fit_ridge
 from erase.classifier.metrics import feature_injection_ratio, inject_feature, relative_l2
@@ -90,6 +90,6 @@ def test_pru_rejects_non_linear_models(diabetes):
     from erase.classifier.models import MLP
 
     with pytest.raises(EraseError, match="PRU needs a linear model.*MLP"):
-        unlearn("pru", MLP(10, 2), diabetes, [0, 1])
+        run_method("pru", MLP(10, 2), diabetes, [0, 1])
     with pytest.raises(EraseError, match="prepare"):
         pru_delete(fit_ridge(diabetes.X_train, diabetes.y_train), [0])

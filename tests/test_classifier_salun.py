@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from erase.classifier import unlearn
+from erase.classifier import run_method
 from erase.classifier.experiment import prepare_scenario
 from erase.classifier.models import predict_proba
 from erase.classifier.salun import SalUnConfig, random_other_labels, saliency_mask
@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 @pytest.mark.parametrize("spec", ["class:3", "random:0.1"])
 def test_salun_close_to_retrain(spec):
     sc = prepare_scenario("digits", spec, seed=0)
-    res = unlearn("salun", sc.original, sc.data, sc.forget, seed=0)
+    res = run_method("salun", sc.original, sc.data, sc.forget, seed=0)
     m = sc.evaluate(lambda X: predict_proba(res.model, X))
     ref = sc.metrics["retrain"]
     assert abs(m["UA"] - ref["UA"]) <= 5.0, (m, ref)
@@ -41,7 +41,7 @@ def test_only_salient_weights_move():
     ids = sc.forget.indices
     cfg = SalUnConfig(epochs=2, mask_fraction=0.3)
     mask = saliency_mask(sc.original, torch.as_tensor(sc.data.X_train[ids]), torch.as_tensor(sc.data.y_train[ids]), 0.3, 64)
-    res = unlearn("salun", sc.original, sc.data, sc.forget, cfg, seed=1)
+    res = run_method("salun", sc.original, sc.data, sc.forget, cfg, seed=1)
     assert abs(res.stats["mask_fraction"] - 0.3) < 0.01
     orig, new = sc.original.state_dict(), res.model.state_dict()
     moved = 0

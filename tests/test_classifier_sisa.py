@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from erase.classifier import unlearn
+from erase.classifier import run_method
 from erase.classifier.data import load_dataset, retain_indices
 from erase.classifier.models import mlp_factory
 from erase.classifier.sisa import (
@@ -128,7 +128,7 @@ def test_sisa_through_unlearn_and_errors(digits):
 
     data = Dataset("digits", "classification", X, y, X[:10], y[:10], n_classes=10)
     sisa = _fit(X, y)
-    res = unlearn("sisa", sisa, data, [0, 1])
+    res = run_method("sisa", sisa, data, [0, 1])
     assert res.stats["deleted"] == 2 and res.model is sisa
     with pytest.raises(EraseError, match="already deleted"):
         sisa.delete([1])

@@ -1,10 +1,17 @@
-"""Classifier-side unlearning: one registry, one entry point.
+"""Classifier-side unlearning: one registry, two entry points.
 
-    from erase.classifier import unlearn, METHODS, load_dataset, parse_forget
+    from erase.classifier import unlearn
+    result = unlearn(model, (X, y), forget=[3, 17, 250], method="salun")   # your model, your data
+    result.model, result.metrics, result.seconds, result.stats
+
+``unlearn`` (:mod:`erase.classifier.api`) takes any ``torch.nn.Module`` classifier (the head is
+found automatically, or named with ``head=``) and data as numpy arrays, a
+``torch.utils.data.Dataset``, an ``.npz`` file or an image folder, or a built-in dataset name.
+:func:`run_method` is the layer under it, on a loaded :class:`Dataset`::
+
     data = load_dataset("digits", seed=0)
     forget = parse_forget("class:3", data, seed=0)
-    result = unlearn("boundary-shrink", model, data, forget)      # -> UnlearnResult
-    result.model, result.seconds, result.stats
+    result = run_method("boundary-shrink", model, data, forget)      # -> UnlearnResult
 
 Methods (``METHODS[name]`` holds the config dataclass, whose fields carry help text and the
 paper's defaults): ``boundary-shrink``, ``boundary-expand``, ``salun``, ``retrain`` (torch
@@ -24,7 +31,7 @@ import numpy as np
 from torch import nn
 
 from erase.classifier.boundary import BoundaryExpandConfig, BoundaryShrinkConfig, boundary_expand, boundary_shrink
-from erase.classifier.data import DATASETS, Dataset, ForgetSet, load_dataset, parse_forget, retain_indices, validate_indices
+from erase.classifier.data import DATASETS, Dataset, ForgetSet, as_forget_set, load_dataset, parse_forget, retain_indices
 from erase.classifier.linear import LinearModel, fit_linear
 from erase.classifier.pru import PRUConfig, prepare, pru_delete
 from erase.classifier.retrain import RetrainConfig, retrain
@@ -37,6 +44,7 @@ __all__ = [
     "MethodSpec",
     "UnlearnResult",
     "unlearn",
+    "run_method",
     "get_method",
     "make_config",
     "load_dataset",
@@ -56,6 +64,7 @@ class UnlearnResult:
     model: object
     seconds: float
     stats: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)  # model name -> metric -> value (filled by unlearn)
 
 
 @dataclass(frozen=True)
@@ -68,39 +77,35 @@ class MethodSpec:
 
 
 def _forget_ids(forget, data: Dataset) -> np.ndarray:
-    if isinstance(forget, ForgetSet):
-        return validate_indices(forget.indices, data.n_train)
-    if isinstance(forget, str):
-        return parse_forget(forget, data).indices
-    return validate_indices(forget, data.n_train)
+    return as_forget_set(forget, data).indices
 
 
-def _run_shrink(model, data, ids, cfg, seed):
+def _run_shrink(model, data, ids, cfg, seed, ctx):
     return boundary_shrink(model, data.X_train[ids], data.y_train[ids], cfg, data.input_range, seed)
 
 
-def _run_expand(model, data, ids, cfg, seed):
-    return boundary_expand(model, data.X_train[ids], data.y_train[ids], cfg, seed)
+def _run_expand(model, data, ids, cfg, seed, ctx):
+    return boundary_expand(model, data.X_train[ids], data.y_train[ids], cfg, seed, head=ctx.get("head"))
 
 
-def _run_salun(model, data, ids, cfg, seed):
+def _run_salun(model, data, ids, cfg, seed, ctx):
     r = retain_indices(data.n_train, ids)
     return salun(model, data.X_train[ids], data.y_train[ids], data.X_train[r], data.y_train[r], int(data.n_classes), cfg, seed)
 
 
-def _run_retrain(model, data, ids, cfg, seed):
+def _run_retrain(model, data, ids, cfg, seed, ctx):
     r = retain_indices(data.n_train, ids)
-    return retrain(model, data.X_train[r], data.y_train[r], cfg, seed)
+    return retrain(model, data.X_train[r], data.y_train[r], cfg, seed, factory=ctx.get("factory"), train_fn=ctx.get("train_fn"))
 
 
-def _run_sisa(model: SISAModel, data, ids, cfg, seed):
+def _run_sisa(model: SISAModel, data, ids, cfg, seed, ctx):
     if len(model.alive) != data.n_train:
         raise EraseError(f"the SISA model was trained on {len(model.alive)} samples, the dataset has {data.n_train}")
     stats = model.delete(ids)
     return model, stats
 
 
-def _run_pru(model: LinearModel, data, ids, cfg, seed):
+def _run_pru(model: LinearModel, data, ids, cfg, seed, ctx):
     stats = {}
     if model.cache is None or len(model.cache.z) != data.n_train:
         t0 = time.perf_counter()
@@ -152,14 +157,30 @@ def check_model(spec: MethodSpec, model, data: Dataset) -> None:
         raise EraseError(f"{spec.name} needs a torch classifier (nn.Module), got {type(model).__name__}")
 
 
-def unlearn(method: str, model, data: Dataset, forget, config=None, seed: int = 0) -> UnlearnResult:
-    """Unlearn ``forget`` (a ForgetSet, a spec such as ``'class:3'``, or training indices) from ``model``."""
+def run_method(
+    method: str, model, data: Dataset, forget, config=None, seed: int = 0, *,
+    head: str | None = None, factory: Callable | None = None, train_fn: Callable | None = None,
+) -> UnlearnResult:
+    """Unlearn ``forget`` (a ForgetSet, a spec such as ``'class:3'``, or training indices) from ``model``.
+
+    ``head``: the dotted name of the classification head (found automatically when None);
+    ``factory``: builds a fresh model for ``retrain`` (default: a re-initialised copy);
+    ``train_fn(model, X, y)``: trains a fresh model for ``retrain`` (default: the project's recipe).
+    """
     spec = get_method(method)
     check_model(spec, model, data)
     ids = _forget_ids(forget, data)
     cfg = config if config is not None else spec.config_cls()
     if not isinstance(cfg, spec.config_cls):
         raise EraseError(f"{method} takes a {spec.config_cls.__name__}, got {type(cfg).__name__}")
+    ctx = {"factory": factory, "train_fn": train_fn}
+    if spec.model_kind == "torch":
+        from erase.classifier.models import find_head
+
+        ctx["head"] = find_head(model, data.X_train[:2], head, n_classes=int(data.n_classes))[0]
     t0 = time.perf_counter()
-    new_model, stats = spec.run(model, data, ids, cfg, seed)
+    new_model, stats = spec.run(model, data, ids, cfg, seed, ctx)
     return UnlearnResult(new_model, time.perf_counter() - t0, dict(stats))
+
+
+from erase.classifier.api import unlearn  # noqa: E402  (the high-level entry point, built on run_method)

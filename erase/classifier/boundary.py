@@ -129,13 +129,15 @@ def boundary_shrink(
 
 
 def boundary_expand(
-    model: nn.Module, X_forget, y_forget, config: BoundaryExpandConfig | None = None, seed: int = 0
+    model: nn.Module, X_forget, y_forget, config: BoundaryExpandConfig | None = None, seed: int = 0,
+    head: str | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Return (unlearned K-way copy, stats). ``model`` is left untouched."""
+    """Return (unlearned K-way copy, stats). ``model`` is left untouched; ``head``: the head's
+    dotted name (default: the last ``nn.Linear``)."""
     cfg = config or BoundaryExpandConfig()
     X, _ = _tensors(X_forget, y_forget)
     unlearned = copy.deepcopy(model)
-    name, head = head_layer(unlearned)
+    name, head = head_layer(unlearned, head)
     K = head.out_features
     like = {"bias": head.bias is not None, "device": head.weight.device, "dtype": head.weight.dtype}
     with torch.random.fork_rng(devices=[]):  # layer construction draws weights: keep the global RNG as it was

@@ -36,6 +36,19 @@ class Dataset:
     n_classes: int | None = None
     # Valid range of the model's inputs (FGSM clips to it); None = unbounded.
     input_range: tuple[float, float] | None = None
+    # Row of each training sample in the user's X (a held-out split was drawn from it); None = identity.
+    rows: np.ndarray | None = None
+
+    def positions(self, rows) -> np.ndarray:
+        """Training positions of the user's rows (forget indices name rows of X as given)."""
+        idx = np.asarray(rows, dtype=np.int64)
+        if self.rows is None:
+            return idx
+        pos = np.searchsorted(self.rows, idx)
+        ok = (pos < len(self.rows)) & (self.rows[np.minimum(pos, len(self.rows) - 1)] == idx)
+        if not ok.all():
+            raise EraseError(f"row {int(idx[~ok][0])} of the data is not a training sample (held out as test, or out of range)")
+        return pos
 
     @property
     def n_train(self) -> int:
@@ -178,8 +191,24 @@ def parse_forget(spec: str, data: Dataset, seed: int = 0) -> ForgetSet:
     if kind == "indices":
         if not value:
             raise EraseError(f"malformed forget spec {spec!r}: give a file, indices:FILE")
-        return ForgetSet(validate_indices(_read_indices_file(value), data.n_train), spec)
+        rows = _read_indices_file(value)
+        if data.rows is not None and rows.size:
+            rows = data.positions(validate_indices(rows, int(data.rows.max()) + 1 + len(data.y_test)))
+        return ForgetSet(validate_indices(rows, data.n_train), spec)
     raise EraseError(f"malformed forget spec {spec!r}: unknown kind {kind!r} (use class, random, k or indices)")
+
+
+def as_forget_set(forget, data: Dataset, seed: int = 0) -> ForgetSet:
+    """A :class:`ForgetSet` from a ForgetSet, a spec (``class:3``, ...) or training indices (checked)."""
+    if isinstance(forget, ForgetSet):
+        return ForgetSet(validate_indices(forget.indices, data.n_train), forget.spec, forget.forget_class)
+    if isinstance(forget, str):
+        return parse_forget(forget, data, seed)
+    idx = np.asarray(forget)
+    if data.rows is not None and idx.size:
+        idx = data.positions(validate_indices(idx, len(data.rows) + len(data.y_test)))
+    idx = validate_indices(idx, data.n_train)
+    return ForgetSet(idx, f"indices ({len(idx)})")
 
 
 def retain_indices(n_train: int, forget: np.ndarray) -> np.ndarray:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from erase.classifier import METHODS, get_method, unlearn
-from erase.classifier.data import Dataset, ForgetSet, linear_view, load_dataset, parse_forget, retain_indices
+from erase.classifier import METHODS, get_method, run_method
+from erase.classifier.data import Dataset, ForgetSet, as_forget_set, linear_view, load_dataset, parse_forget, retain_indices
 from erase.classifier.linear import LinearModel, fit_linear
 from erase.classifier.metrics import (
     GAP_KEYS,
@@ -40,7 +40,13 @@ HIDDEN = (128,)  # the bundled MLP's hidden layer(s)
 
 @dataclass
 class Scenario:
-    """A dataset, a forget set, the original torch model and the retrained reference."""
+    """A dataset, a forget set, the original torch model and the retrained reference.
+
+    ``arch`` builds fresh models of the original's architecture (None: a user's model, which
+    retraining re-initialises in place); ``train_fn(model, X, y)`` replaces the project's training
+    recipe ``train``. ``mia='all'`` evaluates every MIA of :mod:`erase.classifier.mia` (LiRA once
+    :meth:`train_shadows` has run).
+    """
 
     data: Dataset
     forget: ForgetSet
@@ -50,9 +56,51 @@ class Scenario:
     retrained: torch.nn.Module | None = None
     retrain_seconds: float = float("nan")
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    arch: object | None = None
+    train_fn: object | None = None
+    head: str | None = None
+    mia: str = "svc"
+    shadows: object | None = None
+    backdoor: object | None = None  # a BackdoorConfig: the data carry its trigger, rows get ASR
 
     def evaluate(self, predict) -> dict[str, float]:
-        return classification_metrics(predict, self.data, self.forget.indices, self.forget.forget_class, seed=self.seed)
+        out = classification_metrics(predict, self.data, self.forget.indices, self.forget.forget_class, seed=self.seed,
+                                     mia=self.mia, shadows=self.shadows)
+        if self.backdoor is not None:
+            from erase.classifier.backdoor import attack_success_rate
+
+            out["ASR"] = attack_success_rate(predict, self.data, self.backdoor)
+        return out
+
+    def fit_model(self, X, y, seed: int) -> torch.nn.Module:
+        """A fresh model of the scenario's architecture trained on (X, y) with its recipe."""
+        if self.arch is None:
+            from erase.classifier.retrain import fresh_copy
+
+            model = fresh_copy(self.original, seed)
+        else:
+            model = seeded(self.arch, seed)
+        if self.train_fn is None:
+            return train_classifier(model, X, y, self.train, seed=seed)
+        out = self.train_fn(model, X, y)
+        return (out if out is not None else model).eval()
+
+    def train_shadows(self, config=None) -> None:
+        """LiRA's shadow models (the pool: training + test set), then re-evaluate original and retrain."""
+        from erase.classifier.mia import train_shadows
+
+        d = self.data
+        X_pool = np.concatenate([d.X_train, d.X_test])
+        y_pool = np.concatenate([d.y_train, d.y_test])
+
+        def fit(X, y, seed):
+            model = self.fit_model(X, y, seed)
+            return lambda Z: predict_proba(model, Z)
+
+        self.shadows = train_shadows(fit, X_pool, y_pool, d.n_train, config, seed=self.seed)
+        self.mia = "all"
+        self.metrics["original"] = self.evaluate(lambda X: predict_proba(self.original, X))
+        self.metrics["retrain"] = self.evaluate(lambda X: predict_proba(self.retrained, X))
 
 
 @dataclass
@@ -79,15 +127,45 @@ def mlp_for(data: Dataset):
     return arch_for_data("mlp", data.X_train.shape[1:], int(data.n_classes), hidden=list(HIDDEN))
 
 
-def prepare_scenario(dataset: str | Dataset, forget_spec: str, seed: int = 0, train: TrainConfig | None = None) -> Scenario:
-    """Load data, parse the forget set, train the original MLP and the retrained reference (timed)."""
+def prepare_scenario(
+    dataset: str | Dataset, forget, seed: int = 0, train: TrainConfig | None = None, *,
+    arch=None, original: torch.nn.Module | None = None, train_fn=None, head: str | None = None, mia: str = "svc",
+    backdoor=None,
+) -> Scenario:
+    """Load data, take the forget set, train (or take) the original model and retrain the reference (timed).
+
+    ``forget``: a spec (``class:3``), a ForgetSet or training indices. ``arch``: an
+    :class:`~erase.classifier.archs.Arch` or a name (``mlp``, ``resnet18``, ``module:callable``;
+    default the bundled MLP) for the original and the retrained model; ``original``: your
+    trained model instead (retraining then re-initialises a copy of it). ``backdoor``: a
+    :class:`~erase.classifier.backdoor.BackdoorConfig` (or True): plant its trigger in part of D_f
+    before training; every row then reports the trigger's attack success rate ``ASR``.
+    """
+    from erase.classifier.archs import Arch, arch_for_data
+
     data = load_dataset(dataset, seed) if isinstance(dataset, str) else dataset
-    forget = parse_forget(forget_spec, data, seed)
     if not data.is_classification:
         raise EraseError(f"the torch classifier methods need a classification dataset; {data.name!r} is {data.task} (use pru)")
-    sc = Scenario(data, forget, seed, train or TrainConfig())
-    sc.original = train_classifier(seeded(mlp_for(data), seed), data.X_train, data.y_train, sc.train, seed=seed)
-    res = unlearn("retrain", sc.original, data, forget, RetrainConfig(sc.train), seed=seed)
+    forget = as_forget_set(forget, data, seed)
+    if backdoor is not None and backdoor is not False:
+        from erase.classifier.backdoor import BackdoorConfig, plant
+
+        if original is not None:
+            raise EraseError("backdoor verification trains the original model on the poisoned data; it cannot use a given model")
+        backdoor = BackdoorConfig() if backdoor is True else backdoor
+        data, _ = plant(data, forget.indices, backdoor, seed)
+    else:
+        backdoor = None
+    if isinstance(arch, str):
+        arch = arch_for_data(arch, data.X_train.shape[1:], int(data.n_classes))
+    elif arch is None and original is None:
+        arch = mlp_for(data)
+    elif arch is not None and not isinstance(arch, Arch):
+        raise EraseError(f"arch must be an Arch or a name, got {type(arch).__name__}")
+    sc = Scenario(data, forget, seed, train or TrainConfig(), arch=arch, train_fn=train_fn, head=head, mia=mia, backdoor=backdoor)
+    sc.original = original if original is not None else sc.fit_model(data.X_train, data.y_train, seed)
+    res = run_method("retrain", sc.original, data, forget, RetrainConfig(sc.train), seed=seed, head=head,
+                     factory=arch, train_fn=train_fn)
     sc.retrained, sc.retrain_seconds = res.model, res.seconds
     sc.metrics["original"] = sc.evaluate(lambda X: predict_proba(sc.original, X))
     sc.metrics["retrain"] = sc.evaluate(lambda X: predict_proba(sc.retrained, X))
@@ -104,7 +182,7 @@ def run_torch_method(sc: Scenario, method: str, config=None) -> ExperimentResult
     stats: dict = {}
     models: dict[str, object] = {"original": sc.original, "retrain": sc.retrained}
     if method != "retrain":
-        res = unlearn(method, sc.original, sc.data, sc.forget, config, seed=sc.seed)
+        res = run_method(method, sc.original, sc.data, sc.forget, config, seed=sc.seed, head=sc.head)
         m = sc.evaluate(lambda X: predict_proba(res.model, X))
         rows[method] = _with_gap(m, ref) | {"seconds": res.seconds, "speedup": sc.retrain_seconds / res.seconds}
         stats.update(res.stats)
@@ -119,10 +197,12 @@ def run_sisa(sc: Scenario, config: SISAConfig | None = None, deletion_probabilit
     """
     cfg = config or SISAConfig()
     data, ids, ref = sc.data, sc.forget.indices, sc.metrics["retrain"]
-    factory = mlp_for(data)
+    if sc.arch is None:
+        raise EraseError("sisa trains its own shard models: give the architecture (arch=... / --arch), not only trained weights")
+    factory = sc.arch
     sisa = SISAModel(factory, cfg, sc.seed).fit(data.X_train, data.y_train, deletion_probabilities=deletion_probabilities)
     before = sc.evaluate(sisa.predict_proba)
-    res = unlearn("sisa", sisa, data, sc.forget, cfg, seed=sc.seed)
+    res = run_method("sisa", sisa, data, sc.forget, cfg, seed=sc.seed)
     after = sc.evaluate(sisa.predict_proba)
     keep = retain_indices(data.n_train, ids)
     scratch_cfg = dataclasses.replace(cfg, checkpoint_dir=None)
@@ -167,7 +247,7 @@ def run_pru(dataset: str | Dataset, forget_spec: str, seed: int = 0, config=None
     t0 = time.perf_counter()
     r = linear_retrain(theta_o, X, y, ids)
     t_retrain = time.perf_counter() - t0
-    res = unlearn("pru", theta_o, data, forget, config, seed=seed)
+    res = run_method("pru", theta_o, data, forget, config, seed=seed)
     t0 = time.perf_counter()
     nt = newton_delete(theta_o, X, y, ids)
     t_newton = time.perf_counter() - t0
@@ -261,7 +341,7 @@ def run_experiment(
 
 # ---- reporting ---------------------------------------------------------------------------------
 
-COLUMNS = ["UA", "RA", "TA", "MIA", "TA_forget", "TA_remain", "AvgGap", "L2_to_retrain", "R2", "FIT", "seconds", "speedup"]
+COLUMNS = ["UA", "RA", "TA", "MIA", "TA_forget", "ASR", "AvgGap", "L2_to_retrain", "R2", "FIT", "seconds", "speedup"]
 
 
 def _fmt(v) -> str:

@@ -105,15 +105,62 @@ def predict_proba(model: nn.Module, X, batch_size: int = 2048) -> np.ndarray:
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def head_layer(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The classification head: the last ``nn.Linear`` in the module tree."""
+def head_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Linear]:
+    """The classification head: the ``nn.Linear`` named ``name``, else the last one in the module tree."""
+    if name is not None:
+        module = dict(model.named_modules()).get(name)
+        if module is None:
+            raise EraseError(f"{type(model).__name__} has no module named {name!r} (the head given)")
+        if not isinstance(module, nn.Linear):
+            raise EraseError(f"the head {name!r} of {type(model).__name__} is a {type(module).__name__}, not an nn.Linear")
+        return name, module
     last = None
-    for name, m in model.named_modules():
+    for n, m in model.named_modules():
         if isinstance(m, nn.Linear):
-            last = (name, m)
+            last = (n, m)
     if last is None:
         raise EraseError(f"{type(model).__name__} has no nn.Linear head; boundary unlearning needs one")
     return last
+
+
+def find_head(model: nn.Module, sample, name: str | None = None, n_classes: int | None = None) -> tuple[str, nn.Linear]:
+    """The ``nn.Linear`` whose output is the model's output (checked by running ``sample`` through it).
+
+    ``name`` picks it by its dotted name instead (still checked). With ``n_classes`` the head
+    must have at least that many outputs.
+    """
+    x = _as_tensor(sample).float()
+    outputs: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: outputs.__setitem__(n, out))
+             for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            y = model(x)
+    except Exception as e:  # noqa: BLE001 - any failure here means the inputs do not fit the model
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EraseError(f"{type(model).__name__} cannot take inputs of shape {tuple(x.shape[1:])}: {first}") from None
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if not isinstance(y, torch.Tensor) or y.dim() != 2 or y.shape[0] != x.shape[0]:
+        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise EraseError(f"{type(model).__name__} returns {shape} for a batch of {x.shape[0]}; a classifier returns logits (batch, classes)")
+    if name is None:
+        found = [n for n, out in outputs.items() if isinstance(out, torch.Tensor) and out.shape == y.shape and torch.equal(out, y)]
+        if not found:
+            raise EraseError(f"cannot find the classification head of {type(model).__name__}: no nn.Linear produces its output "
+                             "(name it with head=... / --head)")
+        name = found[-1]
+    name, head = head_layer(model, name)
+    if name not in outputs or outputs[name].shape != y.shape or not torch.equal(outputs[name], y):
+        raise EraseError(f"{name!r} is not the classification head of {type(model).__name__}: its output is not the model's")
+    if n_classes is not None and head.out_features < n_classes:
+        raise EraseError(f"the data have {n_classes} classes (labels 0..{n_classes - 1}) but the head {name!r} of "
+                         f"{type(model).__name__} has {head.out_features} outputs")
+    return name, head
 
 
 def set_module(model: nn.Module, dotted: str, new: nn.Module) -> None:

@@ -56,11 +56,25 @@ def retrain(
     config: RetrainConfig | None = None,
     seed: int = 0,
     factory: Callable[[], nn.Module] | None = None,
+    train_fn: Callable[[nn.Module, np.ndarray, np.ndarray], nn.Module | None] | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Train a fresh model on D_r (from ``factory`` under ``seed`` if given, else a reset copy)."""
+    """Train a fresh model on D_r (from ``factory`` under ``seed`` if given, else a reset copy).
+
+    ``train_fn(model, X, y)`` trains it (in place, or returning the trained model) instead of the
+    project's recipe ``config.train``; use it to retrain with your own training code.
+    """
     from erase.classifier.models import seeded
 
     cfg = config or RetrainConfig()
     fresh = seeded(factory, seed) if factory is not None else fresh_copy(model, seed)
-    train_classifier(fresh, np.asarray(X_retain), np.asarray(y_retain), cfg.train, seed=seed)
+    X, y = np.asarray(X_retain), np.asarray(y_retain)
+    if train_fn is None:
+        train_classifier(fresh, X, y, cfg.train, seed=seed)
+    else:
+        out = train_fn(fresh, X, y)
+        if out is not None:
+            if not isinstance(out, nn.Module):
+                raise EraseError(f"the training function returned {type(out).__name__}, not the trained nn.Module (or None)")
+            fresh = out
+        fresh.eval()
     return fresh, {"n_trained": int(len(y_retain))}
