@@ -14,6 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from ui.diffusion import METRIC_COLUMNS, DiffusionCallbacks
+from ui.robustness import UA_COLUMNS, RobustnessCallbacks, attack_label
 from ui.settings import all_settings, make_widget
 from ui.state import ModelCache, Session, close_session
 
@@ -44,6 +45,7 @@ def build_app(model: str | None = None, *, config: str | None = None, cache: Mod
     settings = all_settings(method_names)
     judge = {"judge_seeds": judge_seeds} if judge_seeds else {}
     cb = DiffusionCallbacks(cache, settings, Path(work_root) if work_root else None, judge_steps=judge_steps, **judge)
+    rb = RobustnessCallbacks(cb)
 
     with gr.Blocks(title="erase", analytics_enabled=False) as demo:  # a local tool: no telemetry
         session = gr.State(Session(), delete_callback=close_session)
@@ -129,6 +131,38 @@ def build_app(model: str | None = None, *, config: str | None = None, cache: Mod
             heat = gr.Gallery(label="attention heat maps", columns=4, height=300, format="png",
                               elem_id="heatmaps", elem_classes=["pixelated"])
 
+            with gr.Accordion("Robustness: attack the erasure", open=False, elem_id="robustness"):
+                gr.Markdown("Try to bring an erased concept back: textual inversion, a discrete prompt attack, and "
+                            "benign fine-tuning (relapse), each against this tab's erasure. The original, erased and "
+                            "attacked galleries use the same prompts and seeds (sampling steps and guidance as above); "
+                            "on the bundled model the judge gives the UA after each attack. Each attack takes about a "
+                            "minute on a CPU on the bundled model (toy-world presets).")
+                with gr.Row():
+                    attack_choice = gr.CheckboxGroup([(attack_label(a), a) for a in rb.attacks], value=list(rb.attacks),
+                                                     label="Attacks", elem_id="attacks")
+                    # custom values allowed: the choices change per session (rb.run checks the value against the erasure)
+                    attack_concept = gr.Dropdown(choices=[], value=None, allow_custom_value=True, label="Erased concept to attack",
+                                                 info="a concept of the current erasure (empty: its first)", elem_id="attack-concept")
+                    attack_seeds = gr.Textbox("0", label="Scoring seeds", elem_id="attack-seeds")
+                attack_settings = gr.Textbox("", label="Attack settings (optional)", elem_id="attack-settings",
+                                             placeholder="attack.key=value, e.g. ti.steps=300, relapse.lr=1e-4 "
+                                                         "(defaults: toy-world presets on the bundled model, else the papers')")
+                with gr.Row():
+                    attack_btn = gr.Button("Run attacks", variant="primary", elem_id="attack-btn")
+                    attack_cancel_btn = gr.Button("Cancel", variant="stop", elem_id="attack-cancel-btn")
+                attack_status = gr.Markdown("", elem_id="attack-status")
+                attack_table = gr.Dataframe(headers=UA_COLUMNS, label="UA before and after each attack (toy world: judge)",
+                                            interactive=False, elem_id="attack-table")
+                with gr.Row():
+                    attack_before = gr.Gallery(label="original", elem_id="attack-before", **gallery_kw)
+                    attack_after = gr.Gallery(label="erased", elem_id="attack-after", **gallery_kw)
+                attack_galleries = []
+                with gr.Row():
+                    for a in rb.attacks:
+                        attack_galleries.append(gr.Gallery(label=f"after {attack_label(a)}", elem_id=f"attack-{a}", **gallery_kw))
+                with gr.Accordion("Attack details", open=False):
+                    attack_details = gr.JSON(label="settings, statistics and what each attack found")
+
             gr.Markdown("## Export")
             with gr.Row():
                 delta_btn = gr.Button("Export delta (.safetensors)", elem_id="delta-btn")
@@ -151,9 +185,11 @@ def build_app(model: str | None = None, *, config: str | None = None, cache: Mod
 
         load_outputs = [model_status, concepts, steps, guidance, *widgets]
         load_ev = dict(fn=cb.load_model, inputs=[model_box, session, config_box], outputs=load_outputs, **ENGINE)
-        load_btn.click(api_name="load_model", **load_ev)
-        model_box.submit(api_name="load_model_submit", api_visibility="private", **load_ev)
-        demo.load(api_name="load_model_on_open", api_visibility="private", **load_ev)
+        # a new model drops the erasure: the panel's concept list follows the session's erasure
+        attack_concepts = dict(fn=rb.concept_choices, inputs=session, outputs=attack_concept, queue=False, api_visibility="private")
+        load_btn.click(api_name="load_model", **load_ev).then(**attack_concepts)
+        model_box.submit(api_name="load_model_submit", api_visibility="private", **load_ev).then(**attack_concepts)
+        demo.load(api_name="load_model_on_open", api_visibility="private", **load_ev).then(**attack_concepts)
 
         compare_inputs = [session, n_prompts, seeds, steps, guidance]
         compare_outputs = [concept_before, concept_after, kept_before, kept_after, slider]
@@ -165,7 +201,12 @@ def build_app(model: str | None = None, *, config: str | None = None, cache: Mod
         erased.success(cb.compare, compare_inputs, compare_outputs, api_name="compare_after_erase", **private).success(
             cb.heatmaps, heat_inputs, heat, api_name="heatmaps_after_erase", **private).success(
             cb.scores, [session, score], [metrics, metrics_note], api_name="scores_after_erase", **private)
+        erased.success(**attack_concepts)
         cancel_btn.click(cb.cancel, session, erase_status, queue=False, api_name="cancel")
+        attack_outputs = [attack_status, attack_table, attack_before, attack_after, *attack_galleries, attack_details]
+        attack_btn.click(rb.run, [session, attack_choice, attack_concept, attack_seeds, attack_settings, steps, guidance],
+                         attack_outputs, api_name="run_attacks", **ENGINE)
+        attack_cancel_btn.click(rb.cancel, session, attack_status, queue=False, api_name="cancel_attacks")
         compare_btn.click(cb.compare, compare_inputs, compare_outputs, api_name="compare", **ENGINE)
         score_btn.click(cb.score_now, session, [metrics, metrics_note], api_name="scores", **ENGINE)
         heat_btn.click(cb.heatmaps, heat_inputs, heat, api_name="heatmaps", **ENGINE)
@@ -173,6 +214,7 @@ def build_app(model: str | None = None, *, config: str | None = None, cache: Mod
         folder_btn.click(cb.export_folder, session, folder_file, api_name="export_folder", **ENGINE)
 
     demo.erase_callbacks = cb  # for tests and embedding
+    demo.robustness_callbacks = rb
     demo.erase_settings = settings
     demo.erase_cache = cache
     return demo
