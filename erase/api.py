@@ -24,46 +24,99 @@ from erase import methods
 from erase.errors import EraseError
 from erase.models import is_toyworld, resolve_mixed_precision
 from erase.prompts import prompt_source_for
-from erase.training import ProgressFn, select_parameters
+from erase.training import ProgressFn, scope_component, select_tensors
 
-__all__ = ["ErasureResult", "erase_concepts", "normalise_concepts", "config_for", "load_unet_tensors", "tensors_applied"]
+__all__ = [
+    "ErasureResult", "erase_concepts", "normalise_concepts", "config_for", "load_tensors", "load_unet_tensors",
+    "tensors_applied", "current_tensors", "split_name", "qualified_name", "COMPONENTS",
+]
 
 
-def load_unet_tensors(pipe, values: Mapping[str, torch.Tensor]) -> None:
-    """Copy tensors (keyed like ``unet.named_parameters()``) into ``pipe.unet``, checking names and shapes."""
-    params = dict(pipe.unet.named_parameters())
-    missing = [n for n in values if n not in params]
-    if missing:
-        raise EraseError(f"this UNet has no tensor {missing[0]!r}: the delta was made for another model")
+COMPONENTS = ("unet", "text_encoder")  # the trainable parts of a pipeline a change may touch
+
+
+def split_name(key: str) -> tuple[str, str]:
+    """('unet' | 'text_encoder', parameter name) of a tensor key. Keys name their component with
+    a prefix ('text_encoder.text_model…', 'unet.down_blocks…'); a key without one is a UNet
+    parameter (how deltas, ESD's and UCE's own scripts name UNet tensors)."""
+    for component in COMPONENTS:
+        if key.startswith(component + "."):
+            return component, key[len(component) + 1 :]
+    return "unet", key
+
+
+def qualified_name(component: str, name: str) -> str:
+    """The key of parameter ``name`` of ``component`` in an ErasureResult (UNet names stay bare)."""
+    return name if component == "unet" else f"{component}.{name}"
+
+
+def _parameters(pipe, component: str) -> dict[str, torch.nn.Parameter]:
+    module = getattr(pipe, component, None)
+    if module is None:
+        raise EraseError(f"this pipeline has no {component}: the tensors were made for another model")
+    return dict(module.named_parameters())
+
+
+def load_tensors(pipe, values: Mapping[str, torch.Tensor]) -> None:
+    """Copy tensors into ``pipe``'s UNet and text encoder, checking every name and shape first.
+
+    Keys as ``split_name`` reads them: bare or 'unet.'-prefixed UNet names, 'text_encoder.'-prefixed
+    text-encoder names. Nothing is written unless every tensor fits."""
+    params = {c: None for c in COMPONENTS}
+    targets = []
+    for key, value in values.items():
+        component, name = split_name(key)
+        if params[component] is None:
+            params[component] = _parameters(pipe, component)
+        target = params[component].get(name)
+        if target is None:
+            raise EraseError(f"this model's {component} has no tensor {name!r}: the delta was made for another model")
+        if target.shape != value.shape:
+            raise EraseError(f"{component} tensor {name!r} has shape {tuple(value.shape)}, the model's is {tuple(target.shape)}")
+        targets.append((target, value))
     with torch.no_grad():
-        for n, v in values.items():
-            if params[n].shape != v.shape:
-                raise EraseError(f"tensor {n!r} has shape {tuple(v.shape)}, the UNet's is {tuple(params[n].shape)}")
-            params[n].copy_(v.to(params[n].device, params[n].dtype))
+        for target, value in targets:
+            target.copy_(value.to(target.device, target.dtype))
+
+
+load_unet_tensors = load_tensors  # the name before text-encoder tensors existed
+
+
+def current_tensors(pipe, keys) -> dict[str, torch.Tensor]:
+    """CPU copies of ``pipe``'s present values of the tensors named by ``keys``."""
+    out = {}
+    for key in keys:
+        component, name = split_name(key)
+        param = _parameters(pipe, component).get(name)
+        if param is not None:
+            out[key] = param.detach().to("cpu", copy=True)
+    return out
 
 
 @contextmanager
 def tensors_applied(pipe, tensors: Mapping[str, torch.Tensor]):
-    """Use ``pipe`` with ``tensors`` (keyed like ``unet.named_parameters()``) written into its UNet
-    inside the block; the values they replaced come back afterwards, also on error."""
-    params = dict(pipe.unet.named_parameters())
-    saved = {n: params[n].detach().clone() for n in tensors if n in params}
-    load_unet_tensors(pipe, tensors)
+    """Use ``pipe`` with ``tensors`` (keys as ``load_tensors`` reads them) written into it inside
+    the block; the values they replaced come back afterwards, also on error."""
+    saved = current_tensors(pipe, tensors)
+    load_tensors(pipe, tensors)
     try:
         yield pipe
     finally:
-        load_unet_tensors(pipe, saved)
+        load_tensors(pipe, saved)
 
 
 @dataclass
 class ErasureResult:
-    """The change an erasure made: the new values of every UNet tensor it changed, plus metadata."""
+    """The change an erasure made: the new values of every tensor it changed, plus metadata.
+
+    ``tensors`` and ``original`` are keyed like ``unet.named_parameters()``; a text-encoder
+    tensor's key carries the prefix 'text_encoder.' (see ``split_name``)."""
 
     method: str
     concepts: list[str]
     base_model: str
     config: dict
-    tensors: dict[str, torch.Tensor]  # erased values (CPU, fp32), keyed like unet.state_dict()
+    tensors: dict[str, torch.Tensor]  # erased values (CPU, fp32)
     original: dict[str, torch.Tensor]  # the base model's values of the same tensors
     stats: dict = field(default_factory=dict)
     mask: dict[str, torch.Tensor] | None = None
@@ -84,12 +137,16 @@ class ErasureResult:
         }
 
     def apply(self, pipe) -> None:
-        """Write the erased values into ``pipe.unet``."""
-        load_unet_tensors(pipe, self.tensors)
+        """Write the erased values into ``pipe``."""
+        load_tensors(pipe, self.tensors)
 
     def restore(self, pipe) -> None:
-        """Write the base model's values back into ``pipe.unet``."""
-        load_unet_tensors(pipe, self.original)
+        """Write the base model's values back into ``pipe``."""
+        load_tensors(pipe, self.original)
+
+    def components(self) -> list[str]:
+        """The pipeline components this erasure changed ('unet', 'text_encoder')."""
+        return sorted({split_name(k)[0] for k in self.tensors})
 
     def applied(self, pipe):
         """Use ``pipe`` as the erased model inside the block; the base weights come back after."""
@@ -157,14 +214,21 @@ def erase_concepts(
     job = ErasureJob(pipe=pipe, concepts=concepts, prompts=prompt_source_for(pipe, cfg.templates),
                      mixed_precision=mp, progress=progress, images=images)
     job.concept_items()  # every concept must be placeable in its prompts before any work starts
-    trainable = select_parameters(pipe.unet, cfg.parameter_scope())
+    scope = cfg.parameter_scope()
+    trainable = select_tensors(pipe, scope)
     snapshot = {n: p.detach().to("cpu", copy=True) for n, p in trainable.items()}
+    # a text encoder kept in half precision (a GPU's frozen parts) trains in fp32 and goes back after
+    half_encoder = pipe.text_encoder.dtype if scope_component(scope) == "text_encoder" and pipe.text_encoder.dtype != torch.float32 else None
+    if half_encoder is not None:
+        pipe.text_encoder.to(torch.float32)
     set_seed(cfg.seed)
     start = time.perf_counter()
     try:
         stats = spec.run(job, cfg)
     except BaseException as e:
-        load_unet_tensors(pipe, snapshot)
+        load_tensors(pipe, snapshot)
+        if half_encoder is not None:
+            pipe.text_encoder.to(half_encoder)
         if isinstance(e, torch.cuda.OutOfMemoryError) or (
             isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e))
         ):
@@ -174,10 +238,13 @@ def erase_concepts(
         raise
     finally:
         pipe.unet.eval()
+        pipe.text_encoder.eval()
     seconds = time.perf_counter() - start
 
-    params = dict(pipe.unet.named_parameters())
-    changed = {n: params[n].detach().to("cpu", torch.float32, copy=True) for n in snapshot if not torch.equal(params[n].detach().cpu(), snapshot[n])}
+    changed = {n: trainable[n].detach().to("cpu", torch.float32, copy=True) for n in snapshot
+               if not torch.equal(trainable[n].detach().cpu(), snapshot[n])}
+    if half_encoder is not None:
+        pipe.text_encoder.to(half_encoder)
     mask = stats.pop("mask", None)
     stats.update(seconds=seconds, changed_tensors=len(changed), changed_parameters=sum(t.numel() for t in changed.values()))
     info = getattr(pipe, "erase_info", None)

@@ -1,8 +1,9 @@
 """Write an erasure out: a diffusers folder, a small delta file, a single-file checkpoint.
 
 - ``export_diffusers``: a full folder that plain ``StableDiffusionPipeline.from_pretrained`` loads.
-- ``export_delta``: only the changed UNet tensors, as safetensors, with metadata (method,
-  concepts, base model, settings); ``apply_delta`` writes it into a base pipeline.
+- ``export_delta``: only the changed tensors, as safetensors, with metadata (method, concepts,
+  base model, settings); each key names its component ('unet.…', 'text_encoder.…');
+  ``apply_delta`` writes it into a base pipeline.
 - ``export_single_file``: one original-layout ``.safetensors`` for single-file tools
   (and ``StableDiffusionPipeline.from_single_file``).
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from erase.api import ErasureResult, load_unet_tensors
+from erase.api import ErasureResult, load_tensors, qualified_name, split_name
 from erase.errors import EraseError
 from erase.files import replace_path
 from erase.models import TOYWORLD_MARKER, is_toyworld
@@ -80,19 +81,20 @@ def export_diffusers(pipe, result: ErasureResult | None, folder: str | Path, ove
 
 
 def export_delta(result: ErasureResult, path: str | Path, overwrite: bool = False) -> Path:
-    """Write only the changed UNet tensors, with the erasure's metadata."""
+    """Write only the changed tensors, keyed '<component>.<parameter>', with the erasure's metadata."""
     from safetensors.torch import save_file
 
     if not result.tensors:
         raise EraseError("the erasure changed no weights: nothing to export")
     with atomic_path(path, overwrite) as tmp:
-        tensors = {f"unet.{k}": v.detach().to("cpu").contiguous() for k, v in result.tensors.items()}
+        tensors = {".".join(split_name(k)): v.detach().to("cpu").contiguous() for k, v in result.tensors.items()}
         save_file(tensors, str(tmp), metadata=result.metadata())
     return Path(path)
 
 
 def load_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(UNet tensors, metadata) of a delta file; refuses files that are not erase deltas."""
+    """(tensors keyed as ErasureResult.tensors, metadata) of a delta file; refuses files that are
+    not erase deltas. Deltas written before text-encoder tensors existed (all 'unet.…') load as before."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -101,7 +103,7 @@ def load_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k.removeprefix("unet."): f.get_tensor(k) for k in f.keys()}
+            tensors = {qualified_name(*split_name(k)): f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001
         raise EraseError(f"{path} is not a readable safetensors file: {e}") from None
     if meta.get("format") != "erase-delta":
@@ -110,9 +112,9 @@ def load_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 
 def apply_delta(pipe, path: str | Path) -> dict[str, str]:
-    """Write a delta's tensors into ``pipe.unet`` (in memory); returns the delta's metadata."""
+    """Write a delta's tensors into ``pipe`` (in memory); returns the delta's metadata."""
     tensors, meta = load_delta(path)
-    load_unet_tensors(pipe, tensors)
+    load_tensors(pipe, tensors)
     return meta
 
 

@@ -19,26 +19,36 @@ from torch import nn
 from erase.errors import EraseError
 from erase.saliency import SaliencyMask
 
-SCOPES = ("full", "cross_attn", "cross_attn_kv", "no_cross_attn")
+UNET_SCOPES = ("full", "cross_attn", "cross_attn_kv", "no_cross_attn")
+SCOPES = (*UNET_SCOPES, "text_encoder")
 
 # progress(done, total, info) -> None; raise Cancelled inside it to stop the run.
 ProgressFn = Callable[[int, int, dict], None]
 
-__all__ = ["SCOPES", "Cancelled", "ProgressFn", "select_parameters", "Trainer", "TrainStats", "make_accelerator"]
+__all__ = ["SCOPES", "UNET_SCOPES", "scope_component", "select_tensors", "Cancelled", "ProgressFn", "select_parameters", "Trainer", "TrainStats", "make_accelerator"]
 
 
 class Cancelled(Exception):
     """Raised by a progress callback to stop a run; the engine restores the weights."""
 
 
-def select_parameters(unet: nn.Module, scope: str) -> dict[str, nn.Parameter]:
-    """UNet parameters a method may change: 'full', 'cross_attn' (all of attn2), 'cross_attn_kv'
-    (attn2's to_k/to_v) or 'no_cross_attn' (everything but attn2: ESD-u)."""
+def scope_component(scope: str) -> str:
+    """The pipeline component a scope selects from: 'text_encoder' or 'unet'."""
+    return "text_encoder" if scope == "text_encoder" else "unet"
+
+
+def select_parameters(module: nn.Module, scope: str) -> dict[str, nn.Parameter]:
+    """Parameters a method may change. In a UNet: 'full', 'cross_attn' (all of attn2),
+    'cross_attn_kv' (attn2's to_k/to_v) or 'no_cross_attn' (everything but attn2: ESD-u). In a
+    CLIP text encoder: 'text_encoder' (its transformer layers and final layer norm, AdvUnlearn's
+    'text_encoder_full'; the token embeddings stay)."""
     if scope not in SCOPES:
         raise EraseError(f"unknown trainable scope {scope!r}; choose from {', '.join(SCOPES)}")
-    named = dict(unet.named_parameters())
+    named = dict(module.named_parameters())
     if scope == "full":
         chosen = named
+    elif scope == "text_encoder":
+        chosen = {n: p for n, p in named.items() if n.removeprefix("text_model.").startswith(("encoder.", "final_layer_norm."))}
     elif scope == "cross_attn":
         chosen = {n: p for n, p in named.items() if ".attn2." in n}
     elif scope == "no_cross_attn":
@@ -46,8 +56,18 @@ def select_parameters(unet: nn.Module, scope: str) -> dict[str, nn.Parameter]:
     else:
         chosen = {n: p for n, p in named.items() if ".attn2.to_k." in n or ".attn2.to_v." in n}
     if not chosen:
-        raise EraseError(f"trainable scope {scope!r} selects no parameters in this UNet (no cross-attention?)")
+        what = "text encoder (not a CLIP text model?)" if scope == "text_encoder" else "UNet (no cross-attention?)"
+        raise EraseError(f"trainable scope {scope!r} selects no parameters in this {what}")
     return chosen
+
+
+def select_tensors(pipe, scope: str) -> dict[str, nn.Parameter]:
+    """``select_parameters`` on the scope's component of ``pipe``, keyed as an ErasureResult keys
+    them (text-encoder names prefixed 'text_encoder.')."""
+    from erase.api import qualified_name
+
+    component = scope_component(scope)
+    return {qualified_name(component, n): p for n, p in select_parameters(getattr(pipe, component), scope).items()}
 
 
 def make_accelerator(mixed_precision: str, device: torch.device):

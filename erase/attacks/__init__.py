@@ -78,7 +78,7 @@ class Attacked:
 
     prompts: list[str]  # the attacked prompts, as a person reads them
     prompt_embeds: torch.Tensor | None = None  # (N, L, D) for the N evaluation prompts (None: plain prompts)
-    tensors: dict[str, torch.Tensor] | None = None  # UNet tensors to use while generating (relapse)
+    tensors: dict[str, torch.Tensor] | None = None  # tensors to use while generating (relapse), keyed as ErasureResult's
     learned: dict = field(default_factory=dict)  # vectors / token ids, for the record
     stats: dict = field(default_factory=dict)
 
@@ -151,6 +151,11 @@ class _Weights:
     def __init__(self, tensors: Mapping[str, torch.Tensor]):
         self.tensors = dict(tensors)
 
+    def components(self) -> list[str]:
+        from erase.api import split_name
+
+        return sorted({split_name(k)[0] for k in self.tensors})
+
     def applied(self, pipe):
         from erase.api import tensors_applied
 
@@ -158,8 +163,8 @@ class _Weights:
 
 
 def erased_weights(erasure):
-    """Something with ``.applied(pipe)`` from an ErasureResult, a delta file, a dict of UNet
-    tensors, or None (the model as it is)."""
+    """Something with ``.applied(pipe)`` and ``.components()`` from an ErasureResult, a delta
+    file, a dict of tensors (keyed as ErasureResult.tensors), or None (the model as it is)."""
     from pathlib import Path
 
     from erase.api import ErasureResult
@@ -261,6 +266,7 @@ class AttackContext:
     prompts: list[str]  # one per latent: the prompt it was made from (names the concept)
     eval_prompts: list[str]
     progress: object = None
+    erased_components: tuple[str, ...] = ("unet",)  # what the erasure under attack changed
 
     @property
     def device(self) -> torch.device:
@@ -342,7 +348,7 @@ def run_attack(pipe, concept: str, attack: str = "ti", config=None, *, erasure=N
     eval_prompts, img_seeds = attack_prompts(pipe, concept, seeds)
     samp = {**sampling_defaults(pipe), **(sampling or {})}
     ctx = AttackContext(pipe=pipe, concept=concept, latents=latents, prompts=list(prompts), eval_prompts=eval_prompts,
-                        progress=progress)
+                        progress=progress, erased_components=tuple(weights.components()) if weights is not None else ("unet",))
     torch.manual_seed(cfg.seed)
     with weights.applied(pipe) if weights is not None else nullcontext():
         t0 = time.perf_counter()

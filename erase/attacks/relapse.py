@@ -1,9 +1,11 @@
 """Relapse under benign fine-tuning ("concept resurgence", arXiv 2410.08074): fine-tune the
-*erased* UNet for ``steps`` steps with the plain diffusion loss on unrelated prompts and images
+*erased* model for ``steps`` steps with the plain diffusion loss on unrelated prompts and images
 (the retain set: prompts naming no erased concept, images by the base model), then generate
 the concept's plain prompts. Nothing adversarial is done; the question is whether ordinary
-further training undoes the erasure. The fine-tuned weights are used only while generating;
-the pipeline's UNet is put back afterwards.
+further training undoes the erasure. ``scope: auto`` fine-tunes the whole UNet, and the text
+encoder's layers too when the erasure changed the text encoder (what fine-tuning the erased
+model means for an erasure that lives there). The fine-tuned weights are used only while
+generating; the pipeline's weights are put back afterwards.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from erase.methods import check_positive, option
 class RelapseConfig(AttackConfig):
     steps: int = option(200, "fine-tuning steps on the retain set")
     lr: float = option(1e-5, "learning rate (SD fine-tuning's usual 1e-5)")
-    scope: str = option("full", "UNet parameters fine-tuned: full | cross_attn | cross_attn_kv | no_cross_attn")
+    scope: str = option("auto", "what is fine-tuned: auto (the UNet, plus the text encoder if the erasure changed it) | full | cross_attn | cross_attn_kv | no_cross_attn | text_encoder")
     optimizer: str = option("adamw", "adamw | adam")
     grad_clip: float | None = option(1.0, "max gradient norm (null: none)")
 
@@ -32,21 +34,35 @@ class RelapseConfig(AttackConfig):
         super().validate()
         check_positive(self, "steps")
         check_positive(self, "lr", integer=False)
-        if self.scope not in SCOPES:
-            raise EraseError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        if self.scope != "auto" and self.scope not in SCOPES:
+            raise EraseError(f"scope must be auto or one of {', '.join(SCOPES)}, got {self.scope!r}")
         if self.optimizer not in ("adamw", "adam"):
             raise EraseError(f"optimizer must be adamw or adam, got {self.optimizer!r}")
 
 
+def scopes(cfg: RelapseConfig, erased_components) -> list[str]:
+    if cfg.scope != "auto":
+        return [cfg.scope]
+    return ["full", "text_encoder"] if "text_encoder" in erased_components else ["full"]
+
+
 def run(ctx, cfg: RelapseConfig) -> Attacked:
-    from erase.data import add_noise, diffusion_target, encode_prompts
-    from erase.training import Trainer, select_parameters
+    from torch import nn
+
+    from erase.api import load_tensors
+    from erase.concepts import tokenize
+    from erase.data import add_noise, diffusion_target
+    from erase.training import Trainer, scope_component, select_tensors
 
     pipe = ctx.pipe
-    params = select_parameters(pipe.unet, cfg.scope)
+    chosen = scopes(cfg, ctx.erased_components)
+    params = {n: p for s in chosen for n, p in select_tensors(pipe, s).items()}
+    components = sorted({scope_component(s) for s in chosen})
     saved = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
-    emb, _ = encode_prompts(pipe, ctx.prompts)
-    emb = emb.cpu()
+    ids = tokenize(pipe.tokenizer, ctx.prompts)
+    te = pipe.text_encoder
+    with torch.no_grad():
+        emb = torch.cat([te(c.to(te.device))[0].float().cpu() for c in ids.split(32)])
     scheduler = ctx.scheduler()
     gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -54,22 +70,24 @@ def run(ctx, cfg: RelapseConfig) -> Attacked:
         idx = torch.randint(0, len(ctx.latents), (cfg.batch_size,), generator=gen)
         x0 = ctx.latents[idx].to(ctx.device)
         x_t, noise, t = add_noise(scheduler, x0, gen)
-        pred = pipe.unet(x_t, t, encoder_hidden_states=emb[idx].to(ctx.device, pipe.unet.dtype)).sample
+        cond = te(ids[idx].to(te.device))[0] if "text_encoder" in components else emb[idx]
+        pred = pipe.unet(x_t, t, encoder_hidden_states=cond.to(ctx.device, pipe.unet.dtype)).sample
         return F.mse_loss(pred.float(), diffusion_target(scheduler, x0, noise, t).float())
 
-    trainer = Trainer(pipe.unet, params, lr=cfg.lr, optimizer=cfg.optimizer, grad_clip=cfg.grad_clip)
+    # one module holding every trained component, so that the trainer sees all their parameters
+    module = nn.ModuleDict({c: getattr(pipe, c) for c in components})
+    trainer = Trainer(module, params, lr=cfg.lr, optimizer=cfg.optimizer, grad_clip=cfg.grad_clip)
     try:
         stats = trainer.run(cfg.steps, step_fn, progress=ctx.report, phase="attack: relapse fine-tuning")
         tuned = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
         drift = sum(float((tuned[n] - saved[n]).pow(2).sum()) for n in saved) ** 0.5
     finally:
-        from erase.api import load_unet_tensors
-
-        load_unet_tensors(pipe, saved)
+        load_tensors(pipe, saved)
         pipe.unet.eval()
+        te.eval()
     return Attacked(prompts=list(ctx.eval_prompts), tensors=tuned,
                     stats={"loss_first": stats.losses[0], "loss_last": stats.losses[-1], "weight_drift_l2": drift,
-                           "retain_prompts": len(set(ctx.prompts))})
+                           "retain_prompts": len(set(ctx.prompts)), "fine_tuned": components})
 
 
 register(

@@ -33,14 +33,19 @@ class BaseConfig:
     templates: list[str] | None = option(None, "concept prompt templates with '{}' (null: the model's defaults)")
 
     def parameter_scope(self) -> str:
-        """Which UNet tensors the method may change (a scope of erase.training.select_parameters)."""
+        """Which tensors the method may change (a scope of erase.training.select_parameters)."""
         return self.scope
 
-    def validate(self) -> None:
-        from erase.training import SCOPES
+    def allowed_scopes(self) -> tuple[str, ...]:
+        """The scopes this method can train (the UNet's; a method that edits the text encoder adds it)."""
+        from erase.training import UNET_SCOPES
 
-        if self.parameter_scope() not in SCOPES:
-            raise EraseError(f"scope must be one of {', '.join(SCOPES)}, got {self.parameter_scope()!r}")
+        return UNET_SCOPES
+
+    def validate(self) -> None:
+        scopes = self.allowed_scopes()
+        if self.parameter_scope() not in scopes:
+            raise EraseError(f"scope must be one of {', '.join(scopes)}, got {self.parameter_scope()!r}")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise EraseError(f"mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
