@@ -12,7 +12,7 @@ import platform
 import re
 from pathlib import Path
 
-SUITES = ("engine", "toyworld", "classifier")
+SUITES = ("engine", "toyworld", "robustness", "classifier")
 
 
 def run_suite(name: str, quick: bool = False) -> str:
