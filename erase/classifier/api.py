@@ -93,6 +93,10 @@ def unlearn(
         raise EraseError(f"{method} needs a torch classifier (nn.Module), got {type(model).__name__}")
     ds = as_dataset(data, seed=seed, image_size=image_size, keep=forget_rows(forget))
     fs = as_forget_set(forget, ds, seed)
+    if isinstance(model, nn.Module) and ds.is_classification:
+        from erase.classifier.models import find_head
+
+        head = find_head(model, ds.X_train[:2], head, n_classes=int(ds.n_classes))[0]  # before anything runs
     before = _evaluate(model, ds, fs, seed) if evaluate and ds.is_classification else None
     t0 = time.perf_counter()
     res = run_method(method, model, ds, fs, cfg, seed, head=head, train_fn=train_fn)

@@ -156,6 +156,8 @@ def prepare_scenario(
         data, _ = plant(data, forget.indices, backdoor, seed)
     else:
         backdoor = None
+    if arch is None and original is not None:
+        arch = getattr(original, "erase_arch", None)
     if isinstance(arch, str):
         arch = arch_for_data(arch, data.X_train.shape[1:], int(data.n_classes))
     elif arch is None and original is None:
@@ -296,17 +298,18 @@ def read_probabilities(path: str | Path, n: int) -> np.ndarray:
     return values
 
 
-def fit_sisa_only(dataset: str, seed: int = 0, config: SISAConfig | None = None, deletion_probabilities: str | None = None):
-    """Train a SISA model on a built-in dataset without deleting anything -> (model, data, summary line)."""
+def fit_sisa_only(dataset: str | Dataset, seed: int = 0, config: SISAConfig | None = None,
+                  deletion_probabilities: str | None = None, arch=None):
+    """Train a SISA model without deleting anything -> (model, data, summary line)."""
     cfg = config or SISAConfig()
-    data = load_dataset(dataset, seed)
+    data = load_dataset(dataset, seed) if isinstance(dataset, str) else dataset
     if not data.is_classification:
-        raise EraseError(f"sisa needs a classification dataset; {dataset!r} is {data.task}")
+        raise EraseError(f"sisa needs a classification dataset; {data.name!r} is {data.task}")
     probs = read_probabilities(deletion_probabilities, data.n_train) if deletion_probabilities else None
     if probs is not None and cfg.sharding != "distribution":
         raise EraseError("deletion probabilities are only used by SISA with sharding=distribution (--set sharding=distribution)")
     t0 = time.perf_counter()
-    sisa = SISAModel(mlp_for(data), cfg, seed).fit(data.X_train, data.y_train, deletion_probabilities=probs)
+    sisa = SISAModel(arch or mlp_for(data), cfg, seed).fit(data.X_train, data.y_train, deletion_probabilities=probs)
     ta = 100.0 * float((sisa.predict(data.X_test) == data.y_test).mean())
     line = (f"sisa on {data.name}: {cfg.shards} shards x {cfg.slices} slices, {data.n_train} training samples, "
             f"test accuracy {ta:.2f} %, {time.perf_counter() - t0:.1f} s")
@@ -314,26 +317,38 @@ def fit_sisa_only(dataset: str, seed: int = 0, config: SISAConfig | None = None,
 
 
 def run_experiment(
-    method: str, dataset: str, forget_spec: str, seed: int = 0, config=None, deletion_probabilities: str | None = None
+    method: str, dataset: str | Dataset, forget_spec, seed: int = 0, config=None, deletion_probabilities: str | None = None,
+    *, arch=None, original: torch.nn.Module | None = None, head: str | None = None, train: TrainConfig | None = None,
+    backdoor=None, mia: str = "svc",
 ) -> ExperimentResult:
-    """Run one method on one scenario. ``deletion_probabilities``: a file, for SISA's distribution-aware sharding."""
+    """Run one method on one scenario (see :func:`prepare_scenario` for the keyword options).
+
+    ``dataset``: a built-in name or a loaded Dataset (your data, :mod:`erase.classifier.sources`).
+    ``deletion_probabilities``: a file, for SISA's distribution-aware sharding.
+    """
     spec = get_method(method)
     if deletion_probabilities is not None and spec.model_kind != "sisa":
         raise EraseError(f"deletion probabilities are a SISA option; {method} does not use them")
     if spec.model_kind == "linear":
+        if original is not None or arch is not None or backdoor:
+            raise EraseError("pru fits its own linear model: --model, --arch and --backdoor do not apply")
         return run_pru(dataset, forget_spec, seed, config)
-    data = load_dataset(dataset, seed)
+    data = load_dataset(dataset, seed) if isinstance(dataset, str) else dataset
     if not data.is_classification:
-        raise EraseError(f"{method} needs a classification dataset; {dataset!r} is {data.task} (use pru)")
+        raise EraseError(f"{method} needs a classification dataset; {data.name!r} is {data.task} (use pru)")
     probs = None
     if spec.model_kind == "sisa":  # checked before any training
         probs = read_probabilities(deletion_probabilities, data.n_train) if deletion_probabilities else None
         sharding = (config or SISAConfig()).sharding
         if probs is not None and sharding != "distribution":
             raise EraseError("deletion probabilities are only used by SISA with sharding=distribution (--set sharding=distribution)")
+        if original is not None and arch is None:
+            arch = getattr(original, "erase_arch", None)
     # retrain's config is the training recipe, shared by the original model it is compared with
-    train = config.train if method == "retrain" and config is not None else None
-    sc = prepare_scenario(data, forget_spec, seed, train=train)
+    if method == "retrain" and config is not None:
+        train = config.train
+    sc = prepare_scenario(data, forget_spec, seed, train=train, arch=arch, original=original, head=head,
+                          backdoor=backdoor, mia=mia)
     if spec.model_kind == "sisa":
         return run_sisa(sc, config, probs)
     return run_torch_method(sc, method, config)
@@ -341,7 +356,8 @@ def run_experiment(
 
 # ---- reporting ---------------------------------------------------------------------------------
 
-COLUMNS = ["UA", "RA", "TA", "MIA", "TA_forget", "ASR", "AvgGap", "L2_to_retrain", "R2", "FIT", "seconds", "speedup"]
+COLUMNS = ["UA", "RA", "TA", "MIA", "TA_forget", "ASR", "AvgGap", "L2_to_retrain", "R2", "FIT", "seconds", "speedup",
+           *(f"{k}_{a}" for a in ("correct", "conf", "entropy", "mentr", "lira") for k in ("MIA", "AUC"))]
 
 
 def _fmt(v) -> str:
@@ -360,25 +376,34 @@ def markdown_table(rows: dict[str, dict[str, float]], columns: list[str] | None 
     return "\n".join(lines)
 
 
-def save_outputs(result: ExperimentResult, out: str | Path) -> list[Path]:
-    """metrics.json and the unlearned model as safetensors (temp file, then rename)."""
+def save_outputs(result: ExperimentResult, out: str | Path, arch=None) -> list[Path]:
+    """metrics.json and the unlearned model as safetensors, written into a temporary folder renamed to ``out``."""
+    import shutil
+    import uuid
+
+    from erase.files import replace_path
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    model = result.models.get(result.method)
-    meta = {"method": result.method, "dataset": result.dataset, "forget": result.forget, "seed": result.seed}
-    if isinstance(model, torch.nn.Module):
-        written.append(save_model(out / "model.safetensors", model, meta))
-    elif isinstance(model, SISAModel):
-        written.append(save_tensors(out / "model.safetensors", model.state_dict(), meta | {"model_class": "SISAModel"}))
-    elif isinstance(model, LinearModel):
-        written.append(save_tensors(out / "model.safetensors", {"theta": torch.as_tensor(model.theta)}, meta | {"model_class": f"LinearModel/{model.kind}"}))
-    path = out / "metrics.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result.to_json(), indent=2, default=_json_default) + "\n")
-    tmp.replace(path)
-    written.append(path)
-    return written
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    names = []
+    try:
+        model = result.models.get(result.method)
+        meta = {"method": result.method, "dataset": result.dataset, "forget": result.forget, "seed": result.seed}
+        if isinstance(model, torch.nn.Module):
+            save_model(tmp / "model.safetensors", model, meta, arch=arch or getattr(model, "erase_arch", None))
+        elif isinstance(model, SISAModel):
+            save_tensors(tmp / "model.safetensors", model.state_dict(), meta | {"model_class": "SISAModel"})
+        elif isinstance(model, LinearModel):
+            save_tensors(tmp / "model.safetensors", {"theta": torch.as_tensor(model.theta)}, meta | {"model_class": f"LinearModel/{model.kind}"})
+        (tmp / "metrics.json").write_text(json.dumps(result.to_json(), indent=2, default=_json_default) + "\n")
+        names = sorted(p.name for p in tmp.iterdir())
+        replace_path(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return [out / n for n in names]
 
 
 def _clean(o):

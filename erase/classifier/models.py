@@ -47,9 +47,14 @@ def mlp_factory(in_features: int, n_classes: int, hidden: tuple[int, ...] = (128
 
 def seeded(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
     """Build a model with weights drawn from ``seed`` without touching the global RNG state."""
+    from erase.classifier.archs import Arch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return factory()
+        model = factory()
+    if isinstance(factory, Arch):
+        model.erase_arch = factory  # how to rebuild it (saved with the weights)
+    return model
 
 
 @dataclass
@@ -66,7 +71,7 @@ class TrainConfig:
 
 
 def _as_tensor(x) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return (x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))).contiguous()
 
 
 def train_classifier(model: nn.Module, X, y, config: TrainConfig | None = None, seed: int = 0) -> nn.Module:
@@ -95,7 +100,7 @@ def train_classifier(model: nn.Module, X, y, config: TrainConfig | None = None, 
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, X, batch_size: int = 2048) -> np.ndarray:
+def predict_proba(model: nn.Module, X, batch_size: int = 512) -> np.ndarray:
     """Softmax probabilities as a numpy array (evaluation mode)."""
     was_training = model.training
     model.eval()
@@ -188,29 +193,62 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     return _atomic_save(tensors, Path(path), meta)
 
 
-def save_model(path: str | Path, model: nn.Module, metadata: dict | None = None) -> Path:
+def save_model(path: str | Path, model: nn.Module, metadata: dict | None = None, arch=None) -> Path:
+    """Weights as safetensors, with the architecture (an Arch) in the metadata when known."""
     meta = dict(metadata or {})
-    if hasattr(model, "config"):
+    if arch is not None:
+        meta.setdefault("arch", arch.to_dict())
+    if isinstance(getattr(model, "config", None), dict):
         meta.setdefault("model_config", model.config)
     meta.setdefault("model_class", type(model).__name__)
     return save_tensors(path, model.state_dict(), meta)
 
 
-def load_model(path: str | Path) -> MLP:
-    """Load an :class:`MLP` written by :func:`save_model`."""
-    from safetensors import safe_open
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+
+
+def load_model(path: str | Path, arch: str | None = None, arch_kwargs: dict | None = None) -> nn.Module:
+    """A classifier from a safetensors file.
+
+    The architecture comes from the file's metadata when erase wrote it (``arch``, or an MLP's
+    ``model_config``); otherwise from ``arch`` (``mlp``, ``resnet18`` or ``module:callable``), its
+    arguments inferred from the weights' shapes where possible and ``arch_kwargs`` on top.
+    """
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
+    from erase.classifier.archs import Arch, arch_from_weights
+
     path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise EraseError(f"{path.name}: pickled checkpoints are not loaded (they can run code); convert the state dict "
+                         "to safetensors (safetensors.torch.save_file(model.state_dict(), 'model.safetensors'))")
     if not path.is_file():
         raise EraseError(f"model file not found: {path}")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if "model_config" not in meta:
-        raise EraseError(f"{path} has no model_config metadata; it was not written by save_model")
-    cfg = json.loads(meta["model_config"])
-    model = MLP(cfg["in_features"], cfg["n_classes"], tuple(cfg["hidden"]))
-    model.load_state_dict(load_file(str(path)))
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise EraseError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0]}") from None
+    if arch is None:
+        if "arch" in meta:
+            spec = Arch.from_dict(json.loads(meta["arch"]))
+            spec = Arch(spec.name, spec.kwargs | dict(arch_kwargs or {}))
+        elif "model_config" in meta:
+            spec = arch_from_weights("mlp", state, meta, arch_kwargs)
+        else:
+            raise EraseError(f"{path} does not say its architecture; give it (--arch resnet18|mlp|module:callable)")
+    else:
+        spec = arch_from_weights(arch, state, meta, arch_kwargs)
+    model = spec()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise EraseError(f"the weights in {path.name} do not fit architecture {spec.name!r}: {detail}") from None
+    model.erase_arch = spec  # how to rebuild it (retraining, SISA)
     return model.eval()
 
 

@@ -51,7 +51,7 @@ def _inputs(X, n: int, where: str) -> np.ndarray:
         raise EraseError(f"{where}: inputs must be a numeric array, got dtype {X.dtype}")
     if X.ndim < 2 or len(X) != n:
         raise EraseError(f"{where}: {len(X) if X.ndim else 0} inputs for {n} labels (inputs need shape (N, ...))")
-    X = X.astype(np.float32)
+    X = np.ascontiguousarray(X, dtype=np.float32)  # channels-last views crash some CPU conv kernels
     if not np.all(np.isfinite(X)):
         raise EraseError(f"{where}: the inputs hold NaN or infinite values")
     return X
@@ -160,7 +160,7 @@ def _read_images(items, size: int | None, where: Path) -> tuple[np.ndarray, np.n
         elif a.shape != shape:
             raise EraseError(f"{where}: images differ in size ({p.name} is {a.shape[1]}x{a.shape[0]}, the first "
                              f"{shape[1]}x{shape[0]}); give an image size to resize them")
-        arrays.append(a.transpose(2, 0, 1))
+        arrays.append(np.ascontiguousarray(a.transpose(2, 0, 1)))
     return np.stack(arrays), np.array([k for _, k in items], dtype=np.int64)
 
 
