@@ -22,9 +22,26 @@ from pathlib import Path
 
 from erase.errors import EraseError
 
-__all__ = ["evaluate", "format_table", "main", "DEFAULT_ATTACKS"]
+__all__ = ["evaluate", "format_table", "main", "DEFAULT_ATTACKS", "check_concept_drawn"]
 
 DEFAULT_ATTACKS = ("ti", "prompt", "relapse")
+MAX_BASE_UA = 0.5  # an attack needs a base model that draws the concept: at most this UA before erasure
+
+
+def check_concept_drawn(pipe, concept: str, seeds: Sequence[int] = (0,), judge=None, sampling: Mapping | None = None) -> float:
+    """Toy world: the base model's UA on the attacked prompts; an EraseError when it already
+    exceeds ``MAX_BASE_UA`` (the model never drew the concept, so no attack can bring it back
+    and a high post-attack UA would mean nothing). Returns that UA."""
+    from erase.attacks import _generate, attack_prompts, judge_ua
+    from erase.evaluation import sampling_defaults
+
+    prompts, img_seeds = attack_prompts(pipe, concept, seeds)
+    samp = {**sampling_defaults(pipe), **(sampling or {})}
+    ua = judge_ua(_generate(pipe, prompts, img_seeds, None, steps=samp["steps"], guidance=samp["guidance_scale"]), concept, judge)
+    if ua > MAX_BASE_UA:
+        raise EraseError(f"the base model does not draw {concept!r} (UA {100 * ua:.0f} % before any erasure): "
+                         "there is nothing for an attack to bring back")
+    return ua
 
 
 def _parse_attacks(attacks) -> list[str]:
@@ -110,6 +127,8 @@ def evaluate(
         from erase.toyworld.metrics import erasure_scores
 
         judge = load_judge()
+        if names:
+            report["base_UA"] = check_concept_drawn(base, concept, seeds, judge, sampling)
         with weights.applied(target) if weights is not None else nullcontext():
             if progress is not None:
                 progress(0, 1, {"phase": "scores of the erased model"})

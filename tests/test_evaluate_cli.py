@@ -76,3 +76,17 @@ def test_toy_world_table_with_scores_and_post_attack_ua(tmp_path):
     s, ti = report["scores"], report["attacks"]["ti"]
     assert report["toyworld"] and s["n_forget"] == 18 and 0 <= s["UA"] <= 1 and 0 <= ti["UA"] <= 1
     assert report["erasure"]["method"] == "uce" and "| ti |" in report["table"] and "| erased |" in report["table"]
+    assert report["base_UA"] <= 0.5  # the base model draws squares: an attack has something to bring back
+
+
+@pytest.mark.skipif(not bundled_available(), reason="bundled toy-world model missing")
+def test_attacking_a_concept_the_base_model_never_drew_is_refused(monkeypatch):
+    """A base model whose UA is already high has nothing to bring back: one line, before any attack.
+    (Every toy-world concept is drawn, so the threshold is lowered below the base model's UA.)"""
+    import erase
+    import erase.robustness as robustness
+    from erase import load_pipeline
+
+    monkeypatch.setattr(robustness, "MAX_BASE_UA", -0.01)
+    with pytest.raises(EraseError, match="does not draw 'square'"):
+        erase.evaluate(pipe=load_pipeline(None), concept="square", attacks="ti", sampling_steps=2)
