@@ -19,6 +19,7 @@ MAIN = {
     "salun": ("epochs", "lr", "alpha", "mask_fraction"),
     "esd": ("train_method", "iterations", "lr", "negative_guidance"),
     "uce": ("anchor", "preserve", "token_positions", "preserve_scale", "erase_scale"),
+    "advunlearn": ("scope", "iterations", "lr", "attack_steps", "retain_on"),
 }
 
 
