@@ -52,7 +52,8 @@ def load_overrides(config_file: str | None, sets: list[str]) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from erase.classifier import DATASETS, METHODS
+    from erase.classifier import METHODS
+    from erase.classifier.data import ALL_DATASETS as DATASETS
 
     p = argparse.ArgumentParser(prog="unlearn.py", description=__doc__.split("\n\n")[0], epilog=USAGE,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args) -> None:
-    from erase.classifier import DATASETS, get_method
+    from erase.classifier import get_method
+    from erase.classifier.data import ALL_DATASETS as DATASETS
 
     if args.sisa is not None:
         extra = [f"--{k}" for k in ("method", "dataset", "forget", "save") if getattr(args, k) is not None]

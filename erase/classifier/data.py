@@ -3,7 +3,8 @@
 Datasets come from scikit-learn (no download): ``digits`` (8x8 images, 10 classes, pixels
 scaled to [0, 1] so that the model's input space is the pixel space), ``diabetes``
 (regression, standardised features) and ``synthetic`` (a larger ``make_classification``
-set, for timing). Every split is seeded.
+set, for timing); and from the concept world's renderer: ``shapes`` / ``shapes-colours``
+(32-px RGB images, 6 or 36 classes, :mod:`erase.classifier.shapes`). Every split is seeded.
 
 Forget specifications: ``class:3`` (every training sample of class 3), ``random:0.1``
 (a seeded random 10% of the training set), ``indices:FILE`` (one training index per line,
@@ -20,7 +21,9 @@ import numpy as np
 
 from erase.errors import EraseError
 
-DATASETS = ("digits", "diabetes", "synthetic")
+DATASETS = ("digits", "diabetes", "synthetic")  # tabular, seconds to train on (the app's list)
+IMAGE_DATASETS = ("shapes", "shapes-colours")  # the concept world's images (erase.classifier.shapes)
+ALL_DATASETS = DATASETS + IMAGE_DATASETS
 
 
 @dataclass
@@ -69,11 +72,17 @@ def _split(X, y, test_size, seed, stratify):
     return train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y if stratify else None)
 
 
-def load_dataset(name: str, seed: int = 0, n_samples: int = 4000, n_features: int = 40) -> Dataset:
+def load_dataset(name: str, seed: int = 0, n_samples: int | None = None, n_features: int = 40) -> Dataset:
     """Load a bundled dataset with a seeded 80/20 split.
 
-    ``n_samples`` / ``n_features`` only apply to ``synthetic``.
+    ``n_samples`` applies to ``synthetic`` (default 4000) and the image datasets ``shapes`` /
+    ``shapes-colours`` (default 24000, rendered on the fly); ``n_features`` to ``synthetic``.
     """
+    if name in IMAGE_DATASETS:
+        from erase.classifier.shapes import load_shapes
+
+        return load_shapes(name, n_samples or 24000, seed)
+    n_samples = n_samples or 4000
     from sklearn import datasets as skd
 
     if name == "digits":
@@ -93,7 +102,7 @@ def load_dataset(name: str, seed: int = 0, n_samples: int = 4000, n_features: in
         )
         Xtr, Xte, ytr, yte = _split(X.astype(np.float32), y.astype(np.int64), 0.2, seed, True)
         return Dataset(name, "classification", Xtr, ytr, Xte, yte, n_classes=4, input_range=None)
-    raise EraseError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    raise EraseError(f"unknown dataset {name!r}; choose from {', '.join(ALL_DATASETS)}")
 
 
 @dataclass

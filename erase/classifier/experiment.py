@@ -28,7 +28,7 @@ from erase.classifier.metrics import (
     relative_l2,
 )
 from erase.classifier.models import MLP, TrainConfig, predict_proba, save_model, save_tensors, seeded, train_classifier
-from erase.classifier.pru import newton_delete, prepare, pru_delete
+from erase.classifier.pru import influence_delete, newton_delete, prepare, pru_delete
 from erase.classifier.pru import retrain as linear_retrain
 from erase.classifier.retrain import RetrainConfig, retrain
 from erase.classifier.sisa import SISAConfig, SISAModel
@@ -253,6 +253,9 @@ def run_pru(dataset: str | Dataset, forget_spec: str, seed: int = 0, config=None
     t0 = time.perf_counter()
     nt = newton_delete(theta_o, X, y, ids)
     t_newton = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    inf = influence_delete(theta_o, X, y, ids)
+    t_influence = time.perf_counter() - t0
 
     # Feature injection test, without intercept: on the deleted rows an intercept column and the
     # injected all-ones column coincide, so no method working from those rows could tell them apart.
@@ -262,6 +265,7 @@ def run_pru(dataset: str | Dataset, forget_spec: str, seed: int = 0, config=None
     prepare(inj, Xi, yi_c)
     fit_pru = feature_injection_ratio(pru_delete(inj, ids).theta, inj.theta)
     fit_newton = feature_injection_ratio(newton_delete(inj, Xi, yi_c, ids).theta, inj.theta)
+    fit_influence = feature_injection_ratio(influence_delete(inj, Xi, yi_c, ids).theta, inj.theta)
     fit_retrain = feature_injection_ratio(linear_retrain(inj, Xi, yi_c, ids).theta, inj.theta)
 
     score = "R2" if kind == "ridge" else "TA"
@@ -276,12 +280,44 @@ def run_pru(dataset: str | Dataset, forget_spec: str, seed: int = 0, config=None
         "original": row(theta_o, None, 1.0),
         "retrain": row(r, t_retrain, fit_retrain),
         "newton": row(nt, t_newton, fit_newton),
+        "influence": row(inf, t_influence, fit_influence),
         "pru": row(res.model, res.seconds, fit_pru),
     }
     stats = {"model": kind, "lambda": lam, "prepare_seconds": prep_s, "k": len(ids), "d": int(X.shape[1]) + 1}
     if kind == "logistic":
         stats["task"] = "binary: odd vs even class id"
     return ExperimentResult("pru", base.name, forget_spec, seed, len(ids), rows, stats, {"pru": res.model, "retrain": r, "original": theta_o})
+
+
+def run_certified(dataset: str | Dataset, forget_spec, seed: int = 0, config=None) -> ExperimentResult:
+    """Certified removal (Guo et al. 2020) on the binary view of a dataset vs retraining the same perturbed objective."""
+    from erase.classifier.certified import CertifiedConfig, certified_delete, certified_retrain, fit_certified
+
+    cfg = config or CertifiedConfig()
+    base = load_dataset(dataset, seed) if isinstance(dataset, str) else dataset
+    forget = as_forget_set(forget_spec, base, seed)
+    data = linear_view(base)
+    if not data.is_classification or data.X_train.ndim != 2:
+        raise EraseError("certified removal needs a classification dataset of feature vectors")
+    X, y, ids = data.X_train, data.y_train, forget.indices
+    t0 = time.perf_counter()
+    original = fit_certified(X, y, cfg, seed)
+    t_fit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    removed, stats = certified_delete(original, X, y, ids)
+    t_remove = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref = certified_retrain(original, X, y, ids)
+    t_retrain = time.perf_counter() - t0
+    rows = {
+        "original": {"TA": original.score(data.X_test, data.y_test), "L2_to_retrain": 1.0, "seconds": t_fit},
+        "retrain": {"TA": ref.score(data.X_test, data.y_test), "L2_to_retrain": 0.0, "seconds": t_retrain},
+        "certified": {"TA": removed.score(data.X_test, data.y_test),
+                      "L2_to_retrain": relative_l2(removed.theta, original.theta, ref.theta),
+                      "seconds": t_remove, "speedup": t_retrain / t_remove},
+    }
+    stats |= {"lam": cfg.lam, "sigma": cfg.sigma, "task": "binary: odd vs even class id" if base.n_classes and base.n_classes > 2 else "binary"}
+    return ExperimentResult("certified", base.name, forget.spec, seed, len(ids), rows, stats, {"certified": removed})
 
 
 def read_probabilities(path: str | Path, n: int) -> np.ndarray:

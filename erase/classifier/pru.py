@@ -15,9 +15,10 @@ sqrt(w).
 
 Cost: :func:`prepare` does the one-time O(n d^2) work (Cholesky of A and Z = L^-1 X~^T, the
 whitened data, the same size as X) so that any H entry is a dot product Z_i^T Z_j; a deletion
-then costs O(k^2 d). :func:`newton_delete` is the influence/Newton baseline (one Newton step on
-the remaining objective: a new d x d Hessian solve, O(d^3); exact for ridge), and
-:func:`retrain` refits from scratch.
+then costs O(k^2 d). :func:`newton_delete` is one Newton step on the remaining objective (a new
+d x d Hessian solve, O(d^3); exact for ridge), :func:`influence_delete` the influence-function
+update with the full data's Hessian (the PRU paper's main baseline), and :func:`retrain` refits
+from scratch. Certified removal (Guo et al. 2020) is in :mod:`erase.classifier.certified`.
 """
 
 from __future__ import annotations
@@ -170,6 +171,31 @@ def newton_delete(model: LinearModel, X: np.ndarray, y: np.ndarray, K) -> Linear
             wr = pr * (1 - pr)
         hess = (Xr * wr[:, None]).T @ Xr + np.diag(reg)
     return LinearModel(model.kind, theta - np.linalg.solve(hess, grad), model.lam, model.fit_intercept)
+
+
+def influence_delete(model: LinearModel, X: np.ndarray, y: np.ndarray, K) -> LinearModel:
+    """Influence-function update (Koh & Liang; the PRU paper's main baseline): theta + H_full^-1 sum_K grad l_i.
+
+    Unlike :func:`newton_delete`, the Hessian is the full data's (the deleted points included),
+    as influence functions use it: one d x d solve with the cached A, O(d^3); exact only to first
+    order in the deleted points' weight, so it drifts from retrain as k grows.
+    """
+    check_linear(model)
+    K = validate_indices(K, len(y))
+    theta = model.theta
+    Xk = design(np.asarray(X)[K], model.fit_intercept)
+    yk = np.asarray(y, dtype=np.float64)[K]
+    sk = Xk @ theta
+    resid = sk - yk if model.kind == "ridge" else _sigmoid(sk) - yk
+    grad_k = Xk.T @ resid  # sum of the deleted points' loss gradients
+    cache = model.cache if isinstance(model.cache, PRUCache) and len(model.cache.z) == len(y) else None
+    if cache is not None:
+        hess = cache.A
+    else:
+        Xd = design(np.asarray(X), model.fit_intercept)
+        w = np.ones(len(y)) if model.kind == "ridge" else (lambda p: p * (1 - p))(_sigmoid(Xd @ theta))
+        hess = (Xd * w[:, None]).T @ Xd + np.diag(regulariser(Xd.shape[1], model.lam, model.fit_intercept))
+    return LinearModel(model.kind, theta + np.linalg.solve(hess, grad_k), model.lam, model.fit_intercept)
 
 
 def retrain(model: LinearModel, X: np.ndarray, y: np.ndarray, K) -> LinearModel:
