@@ -273,3 +273,22 @@ def test_cli_bad_sisa_requests(tmp_path, capsys, saved, args, match):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and match in err and err.count("\n") == 1
     assert sorted(p.name for p in there.rglob("*")) == before
+
+
+def test_cli_deletion_names_rows_of_the_users_data(tmp_path, capsys):
+    d = load_dataset("digits", seed=0)
+    X = np.concatenate([d.X_train, d.X_test])
+    y = np.concatenate([d.y_train, d.y_test])
+    np.savez(tmp_path / "mine.npz", X=X, y=y)  # no test split: 20 % is held out, rows keep their numbers
+    folder = tmp_path / "sisa"
+    assert _cli(["--method", "sisa", "--data", str(tmp_path / "mine.npz"), "--save", str(folder),
+                 "--set", "epochs_per_slice=1", "--set", "shards=2", "--set", "slices=2"]) == 0
+    m = SISAModel.load(folder)
+    rows = [int(r) for r in m.rows[[3, 400]]]  # two rows of X that are training samples
+    (tmp_path / "req.txt").write_text("\n".join(map(str, rows)))
+    assert _cli(["--sisa", str(folder), "--delete", f"indices:{tmp_path / 'req.txt'}"]) == 0
+    capsys.readouterr()
+    assert list(SISAModel.load(folder).deleted) == [3, 400]
+    for r in rows:
+        blob = np.ascontiguousarray(X[r], dtype=np.float32).tobytes()
+        assert not any(blob in f.read_bytes() for f in folder.rglob("*") if f.is_file())

@@ -171,7 +171,7 @@ def _delete_from_sisa(args) -> int:
     X_test, y_test = model.test if model.test is not None else (model.X[:0], model.y[:0])
     y = model.y.numpy()
     view = Dataset("sisa", "classification", model.X.numpy(), y, X_test.numpy(), y_test.numpy(),
-                   n_classes=int(y.max()) + 1 if (y >= 0).any() else 1)
+                   n_classes=int(y.max()) + 1 if (y >= 0).any() else 1, rows=model.rows)  # indices name the user's rows
     forget = parse_forget(args.delete, view, args.seed)  # class:C only finds live samples (deleted labels are -1)
 
     def ta():
@@ -229,6 +229,7 @@ def _run_experiment(args) -> int:
     data, arch, original = _setup(args)
     if spec.model_kind == "sisa" and args.save and not args.forget:
         sisa, data, line = fit_sisa_only(data, args.seed, config, args.deletion_probabilities, arch=arch)
+        sisa.rows = data.rows
         sisa.save(args.save, data.X_test, data.y_test, overwrite=args.overwrite)
         print(line + f"\nsaved {args.save}")
         return 0
@@ -240,6 +241,7 @@ def _run_experiment(args) -> int:
     if result.stats:
         print("\n" + json.dumps(result.stats, default=str))
     if args.save:
+        result.models["sisa"].rows = data.rows
         result.models["sisa"].save(args.save, data.X_test, data.y_test, overwrite=args.overwrite)
         print(f"saved the SISA model (after this deletion) to {args.save}")
     name = args.dataset or Path(args.data).stem

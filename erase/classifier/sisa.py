@@ -276,6 +276,8 @@ class SISAModel:
         self.models: list[nn.Module | None] = []
         self.store = _CheckpointStore(self.config.checkpoint_dir)
         self.folder: Path | None = None  # the SISA folder this model was loaded from / saved to
+        self.test = None  # (X_test, y_test) kept in a saved folder, if given
+        self.rows: np.ndarray | None = None  # the user's row number of each training sample (None: identity)
 
     # ---- training -------------------------------------------------------------------------
     def fit(self, X, y, assignment: Assignment | None = None, deletion_probabilities=None) -> "SISAModel":

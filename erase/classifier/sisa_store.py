@@ -4,7 +4,7 @@ Layout (format ``erase-sisa``, version 1)::
 
     DIR/manifest.json                      the only file that says what the model is
     DIR/data-<token>.safetensors           X, y (deleted rows zeroed, labels -1), shard, slice
-                                           [, X_test, y_test]
+                                           [, X_test, y_test] [, rows: the user's row of each sample]
     DIR/ckpt/s<S>-r<R>-<token>.safetensors one per shard and slice (safetensors, never pickle)
 
 ``manifest.json`` holds the architecture (:class:`~erase.classifier.archs.Arch`), the SISA
@@ -124,6 +124,9 @@ def save_sisa(model, folder, X_test=None, y_test=None, overwrite: bool = False) 
     X[~alive] = 0  # the deleted samples' data leave the folder with this save
     y = torch.where(alive, model.y, torch.full_like(model.y, -1))
     tensors = {"X": X, "y": y, "shard": torch.as_tensor(model.assignment.shard), "slice": torch.as_tensor(model.assignment.slice)}
+    rows = getattr(model, "rows", None)
+    if rows is not None:  # the user's row number of each training sample (deletion requests name rows)
+        tensors["rows"] = torch.as_tensor(np.asarray(rows, dtype=np.int64))
     if X_test is None and getattr(model, "test", None) is not None:
         X_test, y_test = model.test
     if X_test is not None:
@@ -237,6 +240,7 @@ def load_sisa(folder, executor=None):
         raise EraseError(f"{folder} is damaged: a deleted id is out of range")
     model.alive[deleted] = False
     model.test = (data["X_test"], data["y_test"]) if "X_test" in data else None
+    model.rows = data["rows"].numpy() if "rows" in data else None
     for (s, r), (c, path) in by_key.items():
         model.store.keys[(s, r)] = c["key"]
         model.store.files[(s, r)] = path
