@@ -1,6 +1,5 @@
 """Boundary Shrink / Expanding on digits: the forgotten class goes, the others stay."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from erase.classifier import make_config, run_method
-from erase.classifier.data import load_dataset, parse_forget, validate_indices
+from erase.classifier.data import load_dataset, parse_forget
 from erase.classifier.models import MLP
 from erase.classifier.sisa import uniform_assignment
 from erase.errors import EraseError

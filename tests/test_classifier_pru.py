@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from erase.classifier import run_method
-from erase.classifier.data import load_dataset, linear_view, parse_forget, retain_indices
+from erase.classifier.data import load_dataset, linear_view, parse_forget
 from erase.classifier.linear import design, fit_logistic, fit_ridge
 from erase.classifier.metrics import feature_injection_ratio, inject_feature, relative_l2
 from erase.classifier.pru import leave_k_out_predictions, newton_delete, prepare, pru_delete, retrain

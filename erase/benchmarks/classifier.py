@@ -338,7 +338,7 @@ def _timing_table(quick: bool) -> str:
     ks = (1, 10, 100)
     rng = np.random.default_rng(0)
     lines = [
-        f"| d | k | PRU (ms) | Newton (ms) | retrain (ms) | one-time PRU precompute (ms) | L2 to retrain: PRU |",
+        "| d | k | PRU (ms) | Newton (ms) | retrain (ms) | one-time PRU precompute (ms) | L2 to retrain: PRU |",
         "|---|---|---|---|---|---|---|",
     ]
     for d in dims:

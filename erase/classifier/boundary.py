@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from erase.classifier.models import head_layer, set_module
-from erase.classifier.options import COUNT, MOMENTUM, NON_NEGATIVE, POSITIVE, check
+from erase.classifier.options import COUNT, MOMENTUM, POSITIVE, check
 from erase.errors import EraseError
 
 

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     from erase.classifier import METHODS
     from erase.classifier.data import ALL_DATASETS as DATASETS
 
-    p = argparse.ArgumentParser(prog="unlearn.py", description=__doc__.split("\n\n")[0], epilog=USAGE,
+    p = argparse.ArgumentParser(prog="unlearn.py", description="Unlearn part of a classifier's training set, "
+                                "or delete from a saved SISA model.", epilog=USAGE,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--dataset", help=f"a built-in dataset: {', '.join(DATASETS)}")

@@ -27,10 +27,10 @@ from erase.classifier.metrics import (
     inject_feature,
     relative_l2,
 )
-from erase.classifier.models import MLP, TrainConfig, predict_proba, save_model, save_tensors, seeded, train_classifier
+from erase.classifier.models import TrainConfig, predict_proba, save_model, save_tensors, seeded, train_classifier
 from erase.classifier.pru import influence_delete, newton_delete, prepare, pru_delete
 from erase.classifier.pru import retrain as linear_retrain
-from erase.classifier.retrain import RetrainConfig, retrain
+from erase.classifier.retrain import RetrainConfig
 from erase.classifier.sisa import SISAConfig, SISAModel
 from erase.errors import EraseError
 

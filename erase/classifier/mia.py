@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from erase.classifier.options import COUNT, check
+from erase.classifier.options import check
 
 THRESHOLD_ATTACKS = ("correct", "conf", "entropy", "mentr")
 _EPS = 1e-30
