@@ -6,6 +6,8 @@ when everything is written:
     OUT/model/               diffusers folder (StableDiffusionPipeline.from_pretrained)
     OUT/delta.safetensors    only the changed UNet tensors, with metadata
     OUT/model.safetensors    single-file checkpoint (original layout)
+    OUT/lora/                the change as a LoRA: erase-<concepts>-<method>.safetensors (kohya layout:
+                             A1111, Forge, ComfyUI) and pytorch_lora_weights.safetensors (diffusers/PEFT)
     OUT/mask.safetensors     SalUn's saliency mask
     OUT/grid_concept.png     before/after for prompts naming the concept (same seeds)
     OUT/grid_retain.png      before/after for unrelated prompts
@@ -27,8 +29,8 @@ from pathlib import Path
 from erase.errors import EraseError
 
 JOB_KEYS = {"concepts", "concept", "method", "model", "model_config", "config", "set", "out", "overwrite",
-            "seeds", "exports", "name", "grid_steps"}
-EXPORTS = ("diffusers", "delta", "single-file")
+            "seeds", "exports", "name", "grid_steps", "lora_rank"}
+EXPORTS = ("diffusers", "delta", "single-file", "lora")
 
 
 def parse_value(text: str):
@@ -107,6 +109,31 @@ def comparison_grids(pipe, result, concepts, seeds, steps: int | None = None) ->
     return grids
 
 
+def file_slug(result) -> str:
+    """'erase-<concepts>-<method>': a file name a UI shows as the LoRA's name."""
+    concepts = "-".join("".join(ch if ch.isalnum() else "_" for ch in c.lower()) for c in result.concepts)[:60]
+    return f"erase-{concepts or 'file'}-{result.method}".replace(" ", "_")
+
+
+def write_lora(pipe, result, folder: Path, rank) -> dict:
+    """OUT/lora/: both layouts from one factorisation; returns what the summary records."""
+    from erase.lora import LORA_WEIGHT_NAME, export_lora, factorise
+
+    factors = factorise(result, rank, base=pipe)
+    folder.mkdir(parents=True, exist_ok=True)
+    kohya = folder / f"{file_slug(result)}.safetensors"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # left-out tensors are reported in the summary
+        export_lora(result, kohya, rank, "kohya", base=pipe, factors=factors)
+        export_lora(result, folder / LORA_WEIGHT_NAME, rank, "diffusers", base=pipe, factors=factors)
+    errors = list(factors.errors.values())
+    return {"rank": "full" if factors.rank is None else factors.rank, "max_rank": factors.max_rank(), "modules": len(errors),
+            "relative_error_max": max(errors), "relative_error_mean": sum(errors) / len(errors), "left_out": factors.left_out,
+            "files": {"kohya": kohya.name, "diffusers": LORA_WEIGHT_NAME}}
+
+
 def run_job(job: dict, *, progress: bool = True) -> dict:
     """Run one erasure job (a dict with the CLI's settings); returns its summary."""
     import torch
@@ -114,6 +141,7 @@ def run_job(job: dict, *, progress: bool = True) -> dict:
     from erase import methods
     from erase.api import erase_concepts
     from erase.export import atomic_path, export_delta, export_diffusers, export_single_file
+    from erase.lora import DEFAULT_RANK, parse_rank
     from erase.methods import read_yaml
     from erase.models import load_pipeline
     from erase.saliency import save_mask
@@ -136,6 +164,9 @@ def run_job(job: dict, *, progress: bool = True) -> dict:
     bad = [e for e in exports if e not in EXPORTS]
     if bad:
         raise EraseError(f"unknown export {bad[0]!r}; choose from {', '.join(EXPORTS)}")
+    lora_rank = job.get("lora_rank")
+    lora_rank = DEFAULT_RANK if lora_rank is None else lora_rank
+    parse_rank(lora_rank)  # checked before the slow work
     seeds = [int(s) for s in job.get("seeds") or [0, 1]]
     method = job.get("method") or methods.RECOMMENDED
     config = job.get("config")
@@ -157,14 +188,17 @@ def run_job(job: dict, *, progress: bool = True) -> dict:
     erase_seconds = result.stats["seconds"]
     memory = peak_memory()
 
+    lora_info = None
     with atomic_path(out, overwrite) as tmp:
         tmp.mkdir(parents=True)
         if "delta" in exports:
-            export_delta(result, tmp / "delta.safetensors")
+            export_delta(result, tmp / "delta.safetensors", base=pipe)
         if "diffusers" in exports:
             export_diffusers(pipe, result, tmp / "model")
         if "single-file" in exports:
             export_single_file(pipe, result, tmp / "model.safetensors")
+        if "lora" in exports:
+            lora_info = write_lora(pipe, result, tmp / "lora", lora_rank)
         if result.mask is not None:
             save_mask(tmp / "mask.safetensors", result.mask, {"method": result.method, "concepts": result.concepts})
         grids = comparison_grids(pipe, result, result.concepts, seeds, job.get("grid_steps"))
@@ -185,6 +219,8 @@ def run_job(job: dict, *, progress: bool = True) -> dict:
             "exports": exports,
             "seeds": seeds,
         }
+        if lora_info is not None:
+            summary["lora"] = lora_info
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
@@ -225,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", help="seeds of the before/after grids (default: 0 1)")
     p.add_argument("--grid-steps", type=int, help="sampling steps of the before/after grids (default: the model's)")
     p.add_argument("--exports", nargs="+", choices=EXPORTS, help="what to write (default: all)")
+    from erase.lora import DEFAULT_RANK
+
+    p.add_argument("--lora-rank", help=f"rank of the LoRA export: a positive whole number or 'full' (default: {DEFAULT_RANK}, "
+                   "chosen from the toy-world measurement in BENCHMARKS.md)")
     p.add_argument("--jobs", help="YAML jobs file: {defaults: {...}, jobs: [{concepts: [...], out: DIR, ...}]}")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -245,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 "concepts": args.concept, "method": args.method, "model": args.model, "model_config": args.model_config,
                 "config": args.config, "set": parse_sets(args.set), "out": args.out, "overwrite": args.overwrite,
                 "seeds": args.seeds, "exports": args.exports, "grid_steps": args.grid_steps,
+                "lora_rank": args.lora_rank,
             }]
         for i, job in enumerate(jobs):
             summary = run_job(job, progress=not args.no_progress)

@@ -2,8 +2,10 @@
 
 - ``export_diffusers``: a full folder that plain ``StableDiffusionPipeline.from_pretrained`` loads.
 - ``export_delta``: only the changed tensors, as safetensors, with metadata (method, concepts,
-  base model, settings); each key names its component ('unet.…', 'text_encoder.…');
-  ``apply_delta`` writes it into a base pipeline.
+  base model, settings, the base UNet's fingerprint); each key names its component ('unet.…',
+  'text_encoder.…'); ``apply_delta`` writes it into a base pipeline, and also takes partial
+  state dicts in diffusers names (what ESD's and UCE's own scripts save).
+- ``export_lora`` (erase.lora): the change as a LoRA, kohya or diffusers/PEFT layout.
 - ``export_single_file``: one original-layout ``.safetensors`` for single-file tools
   (and ``StableDiffusionPipeline.from_single_file``).
 
@@ -22,12 +24,19 @@ from pathlib import Path
 
 import torch
 
-from erase.api import ErasureResult, load_tensors, qualified_name, split_name
+from erase.api import ErasureResult, load_tensors, split_name
 from erase.errors import EraseError
 from erase.files import replace_path
 from erase.models import TOYWORLD_MARKER, is_toyworld
 
-__all__ = ["export_diffusers", "export_delta", "load_delta", "apply_delta", "export_single_file", "atomic_path"]
+__all__ = ["export_diffusers", "export_delta", "load_delta", "apply_delta", "export_single_file", "export_lora", "atomic_path"]
+
+
+def export_lora(*args, **kwargs):
+    """``erase.lora.export_lora``: the erasure as a LoRA file (kohya or diffusers layout)."""
+    from erase.lora import export_lora as _export_lora
+
+    return _export_lora(*args, **kwargs)
 
 
 @contextmanager
@@ -80,40 +89,60 @@ def export_diffusers(pipe, result: ErasureResult | None, folder: str | Path, ove
     return Path(folder)
 
 
-def export_delta(result: ErasureResult, path: str | Path, overwrite: bool = False) -> Path:
-    """Write only the changed tensors, keyed '<component>.<parameter>', with the erasure's metadata."""
+def _fingerprint(result: ErasureResult, base) -> dict | None:
+    """The base UNet's fingerprint: recorded on the result (a loaded file's), or taken from ``base``."""
+    from erase.fingerprint import base_fingerprint, parse_fingerprint
+
+    recorded = parse_fingerprint(getattr(result, "base_fingerprint", None))
+    if recorded is not None:
+        return recorded
+    return base_fingerprint(base, exclude=result.tensors) if base is not None else None
+
+
+def export_delta(result: ErasureResult, path: str | Path, overwrite: bool = False, base=None) -> Path:
+    """Write only the changed tensors, keyed '<component>.<parameter>', with the erasure's metadata.
+    ``base``: the base pipeline; its UNet fingerprint is recorded, and checked by ``apply_delta``."""
     from safetensors.torch import save_file
 
     if not result.tensors:
         raise EraseError("the erasure changed no weights: nothing to export")
+    meta = result.metadata()
+    fingerprint = _fingerprint(result, base)
+    if fingerprint is not None:
+        meta["base_fingerprint"] = json.dumps(fingerprint)
     with atomic_path(path, overwrite) as tmp:
         tensors = {".".join(split_name(k)): v.detach().to("cpu").contiguous() for k, v in result.tensors.items()}
-        save_file(tensors, str(tmp), metadata=result.metadata())
+        save_file(tensors, str(tmp), metadata=meta)
     return Path(path)
 
 
 def load_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors keyed as ErasureResult.tensors, metadata) of a delta file; refuses files that are
-    not erase deltas. Deltas written before text-encoder tensors existed (all 'unet.…') load as before."""
-    from safetensors import safe_open
+    """(tensors keyed as ErasureResult.tensors, metadata) of a delta file: an erase delta, or a
+    partial state dict in diffusers parameter names (ESD's and UCE's scripts' results; metadata
+    ``format`` is then 'state-dict'). LoRAs, single-file checkpoints and anything else are refused.
+    Deltas written before text-encoder tensors existed (all 'unet.…') load as before."""
+    from erase.reload import read_weights
 
-    path = Path(path)
-    if not path.is_file():
-        raise EraseError(f"delta file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {qualified_name(*split_name(k)): f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001
-        raise EraseError(f"{path} is not a readable safetensors file: {e}") from None
-    if meta.get("format") != "erase-delta":
-        raise EraseError(f"{path} is not an erase delta file (metadata format is {meta.get('format')!r})")
+    kind, tensors, meta = read_weights(path)
+    if kind == "lora":
+        raise EraseError(f"{path} is a LoRA, not a delta: load it with erase.reload.load_erasure (or pipe.load_lora_weights)")
+    if kind == "state-dict":
+        meta = dict(meta, format="state-dict")
     return tensors, meta
 
 
-def apply_delta(pipe, path: str | Path) -> dict[str, str]:
-    """Write a delta's tensors into ``pipe`` (in memory); returns the delta's metadata."""
+def apply_delta(pipe, path: str | Path, check_base: bool = True) -> dict[str, str]:
+    """Write a delta's (or partial state dict's) tensors into ``pipe`` (in memory); returns its
+    metadata. Every name and shape is checked first, and the recorded base-model fingerprint
+    unless ``check_base`` is False; nothing is written unless all fit."""
+    from erase.fingerprint import check_base as check_fingerprint
+    from erase.reload import check_tensors, fit_names
+
     tensors, meta = load_delta(path)
+    if check_base:
+        check_fingerprint(pipe, meta.get("base_fingerprint"), str(path), meta.get("base_model"))
+    tensors = fit_names(pipe, tensors)
+    check_tensors(pipe, tensors, str(path))
     load_tensors(pipe, tensors)
     return meta
 
