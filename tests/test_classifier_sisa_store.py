@@ -292,3 +292,23 @@ def test_cli_deletion_names_rows_of_the_users_data(tmp_path, capsys):
     for r in rows:
         blob = np.ascontiguousarray(X[r], dtype=np.float32).tobytes()
         assert not any(blob in f.read_bytes() for f in folder.rglob("*") if f.is_file())
+
+
+def test_concurrent_changes_are_refused(saved, tmp_path, capsys):
+    from erase.classifier.sisa_store import locked
+
+    folder, _, _ = saved
+    there = _copy(folder, tmp_path)
+    a, b = SISAModel.load(there), SISAModel.load(there)
+    a.delete(_ids(a))
+    a.save(there)
+    b.delete(_ids(b)[:1])
+    with pytest.raises(EraseError, match="changed by another process since this model was loaded"):
+        b.save(there)  # would otherwise drop a's deletion
+    assert len(SISAModel.load(there).deleted) == 3
+    ids = tmp_path / "ids.txt"
+    ids.write_text("100\n")
+    with locked(there):  # another deletion in progress
+        assert _cli(["--sisa", str(there), "--delete", f"indices:{ids}"]) == 2
+    assert "another process is changing" in capsys.readouterr().err
+    assert len(SISAModel.load(there).deleted) == 3

@@ -95,6 +95,8 @@ def _check_args(args) -> None:
             raise EraseError(f"--sisa DIR deletes from a saved SISA model; {extra[0]} does not apply (use --delete SPEC)")
         if not args.delete:
             raise EraseError("--sisa DIR needs --delete SPEC (indices:FILE or class:C)")
+        if args.delete.partition(":")[0].strip().lower() not in ("indices", "class"):
+            raise EraseError(f"--delete takes indices:FILE or class:C (a deletion names its samples), got {args.delete!r}")
         return
     if args.delete is not None:
         raise EraseError("--delete needs --sisa DIR (a folder written by --method sisa --save DIR)")
@@ -160,15 +162,19 @@ def _check_save_target(folder: Path, overwrite: bool) -> None:
 
 
 def _delete_from_sisa(args) -> int:
+    from erase.classifier.sisa_store import locked
+
+    with locked(args.sisa):
+        return _delete_locked(args)
+
+
+def _delete_locked(args) -> int:
     import numpy as np
 
     from erase.classifier.data import Dataset, parse_forget
     from erase.classifier.sisa import SISAModel
 
     model = SISAModel.load(args.sisa)
-    kind = args.delete.partition(":")[0].strip().lower()
-    if kind not in ("indices", "class"):
-        raise EraseError(f"--delete takes indices:FILE or class:C (a deletion names its samples), got {args.delete!r}")
     X_test, y_test = model.test if model.test is not None else (model.X[:0], model.y[:0])
     y = model.y.numpy()
     view = Dataset("sisa", "classification", model.X.numpy(), y, X_test.numpy(), y_test.numpy(),

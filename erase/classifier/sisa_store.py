@@ -16,6 +16,10 @@ checkpoints under fresh names (each to a temp name, then renamed), then replaces
 ``manifest.json`` in one ``os.replace`` and only then removes the files the new manifest no
 longer names. A process killed at any point leaves the previous manifest, with every file it
 names intact, so the previous state loads; leftovers are removed by the next save.
+
+Concurrency: :func:`locked` holds an exclusive advisory lock on ``DIR/.lock`` (the CLI takes it
+around load, delete and save), and a save into the folder a model was loaded from is refused if
+the manifest changed since (another process deleted in between).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import hashlib
 import json
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +84,25 @@ def _replace_manifest(folder: Path, manifest: dict) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, folder / MANIFEST)
     _fsync_dir(folder)
+
+
+@contextmanager
+def locked(folder):
+    """Exclusive lock on a SISA folder for the duration of a load-delete-save (fails fast if taken)."""
+    import fcntl
+
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        _read_manifest(folder)  # the one-line error for a missing or foreign folder
+    with open(folder / ".lock", "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EraseError(f"another process is changing {folder}; try again when it has finished") from None
+        try:
+            yield folder
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _collect_garbage(folder: Path, manifest: dict) -> None:
@@ -137,6 +161,8 @@ def save_sisa(model, folder, X_test=None, y_test=None, overwrite: bool = False) 
 
     old = {}
     if own:
+        if _sha256(folder / MANIFEST) != getattr(model, "manifest_sha256", None):
+            raise EraseError(f"{folder} was changed by another process since this model was loaded; load it again")
         prev = json.loads((folder / MANIFEST).read_text())
         old = {(c["shard"], c["slice"]): c for c in prev["checkpoints"]}
     checkpoints = []
@@ -167,6 +193,7 @@ def save_sisa(model, folder, X_test=None, y_test=None, overwrite: bool = False) 
     }
     _replace_manifest(folder, manifest)
     _collect_garbage(folder, manifest)
+    model.manifest_sha256 = _sha256(folder / MANIFEST)
     model.folder = folder
     model.store.files = {(c["shard"], c["slice"]): folder / c["file"] for c in checkpoints}
     model.store.mem.clear()
@@ -246,5 +273,6 @@ def load_sisa(folder, executor=None):
         model.store.files[(s, r)] = path
     model.models = [model._final_model(s, None) for s in range(S)]
     model.folder = folder
+    model.manifest_sha256 = _sha256(folder / MANIFEST)
     model.samples_trained = 0
     return model
