@@ -211,3 +211,21 @@ def test_resnet18_has_torchvisions_layout():
     small = resnet18(n_classes=6, width=8)
     assert small(torch.zeros(2, 3, 32, 32)).shape == (2, 6)
     assert find_head(small, torch.zeros(2, 3, 32, 32))[0] == "fc"
+
+
+def test_retrain_refuses_a_model_it_cannot_reinitialise(digits_arrays):
+    X, y = digits_arrays
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+            self.temperature = nn.Parameter(torch.ones(1))  # no reset_parameters covers it
+
+        def forward(self, x):
+            return self.fc(x) / self.temperature
+
+    with pytest.raises(EraseError, match="cannot re-initialise Scaled's parameter 'temperature'"):
+        unlearn(Scaled(), (X, y), [1, 2], method="retrain", evaluate=False)
+    res = unlearn(Scaled(), (X, y), [1, 2], method="retrain", factory=Scaled, config={"train": {"epochs": 1}}, evaluate=False)
+    assert isinstance(res.model, Scaled)

@@ -10,7 +10,9 @@
 ``k:COUNT`` or ``indices:FILE``. ``config``: the method's config dataclass or a mapping of
 its options. ``head``: the dotted name of the classification head (found automatically:
 the ``nn.Linear`` whose output is the model's). ``train_fn(model, X, y)``: your training code,
-used by ``retrain``. The data's labels must fit the head (an EraseError says which does not).
+used by ``retrain``; ``factory()``: builds the fresh model ``retrain`` trains (default: a copy of
+yours with every layer's ``reset_parameters``; a parameter no layer resets is an error). The
+data's labels must fit the head (an EraseError says which does not).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ def unlearn(
     seed: int = 0,
     head: str | None = None,
     train_fn: Callable | None = None,
+    factory: Callable | None = None,
     evaluate: bool = True,
     image_size: int | None = None,
 ):
@@ -99,7 +102,8 @@ def unlearn(
         head = find_head(model, ds.X_train[:2], head, n_classes=int(ds.n_classes))[0]  # before anything runs
     before = _evaluate(model, ds, fs, seed) if evaluate and ds.is_classification else None
     t0 = time.perf_counter()
-    res = run_method(method, model, ds, fs, cfg, seed, head=head, train_fn=train_fn)
+    res = run_method(method, model, ds, fs, cfg, seed, head=head, train_fn=train_fn,
+                     factory=factory or getattr(model, "erase_arch", None))
     res.seconds = time.perf_counter() - t0
     if evaluate and ds.is_classification:
         res.metrics = {"original": before, method: _evaluate(res.model, ds, fs, seed)}

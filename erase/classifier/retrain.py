@@ -39,13 +39,24 @@ class RetrainConfig:
 
 
 def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
-    """A copy of ``model`` with every ``reset_parameters`` submodule re-initialised from ``seed``."""
+    """A copy of ``model`` with every ``reset_parameters`` submodule re-initialised from ``seed``.
+
+    A parameter that no ``reset_parameters`` covers (one held directly by a custom module) would
+    keep its trained value, so the "retrained" model would still carry the forget set: that is
+    an error, and the caller must give a factory that builds a fresh model.
+    """
     new = copy.deepcopy(model)
+    covered: set[int] = set()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         for m in new.modules():
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
+                covered.update(id(p) for p in m.parameters())
+    left = [name for name, p in new.named_parameters() if id(p) not in covered]
+    if left:
+        raise EraseError(f"cannot re-initialise {type(model).__name__}'s parameter {left[0]!r} (its module has no "
+                         "reset_parameters); give a factory that builds a fresh model (factory=... / --arch)")
     return new
 
 
