@@ -29,7 +29,7 @@ from pathlib import Path
 from erase.errors import EraseError
 
 JOB_KEYS = {"concepts", "concept", "method", "model", "model_config", "config", "set", "out", "overwrite",
-            "seeds", "exports", "name", "grid_steps", "lora_rank"}
+            "seeds", "exports", "name", "grid_steps", "lora_rank", "apply"}
 EXPORTS = ("diffusers", "delta", "single-file", "lora")
 
 
@@ -152,7 +152,10 @@ def run_job(job: dict, *, progress: bool = True) -> dict:
     concepts = job.get("concepts") or ([job["concept"]] if job.get("concept") else [])
     if isinstance(concepts, str):
         concepts = [concepts]
-    if not concepts:
+    apply = job.get("apply")
+    if apply is not None and not Path(apply).is_file():
+        raise EraseError(f"file to apply not found: {apply}")
+    if not concepts and apply is None:
         raise EraseError("no concept given (--concept NAME)")
     if not job.get("out"):
         raise EraseError("no output folder given (--out DIR)")
@@ -174,18 +177,26 @@ def run_job(job: dict, *, progress: bool = True) -> dict:
     overrides.pop("method", None) if overrides.get("method") in (None, method) else None
     overrides.update(job.get("set") or {})
     # settings are checked before the (slow) model load (presets of a toy-world model come later)
-    methods.load_config(method, overrides)
+    if apply is None:
+        methods.load_config(method, overrides)
 
     start = time.perf_counter()
     pipe = load_pipeline(job.get("model"), config=job.get("model_config"))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    bar = TqdmProgress(progress)
-    try:
-        result = erase_concepts(pipe, concepts, method, overrides, progress=bar, inplace=False)
-    finally:
-        bar.close()
-    erase_seconds = result.stats["seconds"]
+    if apply is not None:  # no training: the erasure comes from the file, checked against the model
+        from erase.reload import load_erasure
+
+        result = load_erasure(pipe, apply, concepts=concepts or None)
+        if not result.concepts:
+            raise EraseError(f"{apply} does not name the concepts it erases: pass --concept")
+    else:
+        bar = TqdmProgress(progress)
+        try:
+            result = erase_concepts(pipe, concepts, method, overrides, progress=bar, inplace=False)
+        finally:
+            bar.close()
+    erase_seconds = result.stats.get("seconds", 0.0)
     memory = peak_memory()
 
     lora_info = None
@@ -221,6 +232,8 @@ def run_job(job: dict, *, progress: bool = True) -> dict:
         }
         if lora_info is not None:
             summary["lora"] = lora_info
+        if apply is not None:
+            summary["applied_from"] = str(apply)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
@@ -265,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--lora-rank", help=f"rank of the LoRA export: a positive whole number or 'full' (default: {DEFAULT_RANK}, "
                    "chosen from the toy-world measurement in BENCHMARKS.md)")
+    p.add_argument("--apply", metavar="FILE", help="skip training: take the erasure from a delta, a partial UNet state dict "
+                   "(ESD's / UCE's scripts) or a LoRA file, check it against --model and write the other exports")
     p.add_argument("--jobs", help="YAML jobs file: {defaults: {...}, jobs: [{concepts: [...], out: DIR, ...}]}")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -285,12 +300,12 @@ def main(argv: list[str] | None = None) -> int:
                 "concepts": args.concept, "method": args.method, "model": args.model, "model_config": args.model_config,
                 "config": args.config, "set": parse_sets(args.set), "out": args.out, "overwrite": args.overwrite,
                 "seeds": args.seeds, "exports": args.exports, "grid_steps": args.grid_steps,
-                "lora_rank": args.lora_rank,
+                "lora_rank": args.lora_rank, "apply": args.apply,
             }]
         for i, job in enumerate(jobs):
             summary = run_job(job, progress=not args.no_progress)
-            print(f"[{i + 1}/{len(jobs)}] erased {', '.join(summary['concepts'])} with {summary['method']} "
-                  f"in {summary['erase_seconds']:.1f} s -> {job['out']}")
+            how = f"from {job['apply']}" if job.get("apply") else f"in {summary['erase_seconds']:.1f} s"
+            print(f"[{i + 1}/{len(jobs)}] erased {', '.join(summary['concepts'])} with {summary['method']} {how} -> {job['out']}")
     except EraseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -55,7 +55,7 @@ def _parse_attacks(attacks) -> list[str]:
 
 
 def evaluate(
-    model=None, *, concept: str, pipe=None, delta=None, erased=None, result=None, method: str | None = None,
+    model=None, *, concept: str, pipe=None, delta=None, erased=None, result=None, method: str | None = None, apply=None,
     method_config=None, attacks: Sequence[str] | str = DEFAULT_ATTACKS, attack_configs: Mapping[str, Mapping] | None = None,
     seeds: Sequence[int] = (0,), images=None, out: str | Path | None = None, overwrite: bool = False, progress=None,
     sampling_steps: int | None = None,
@@ -65,7 +65,8 @@ def evaluate(
     The base model: ``pipe``, or ``model`` (anything load_pipeline takes; None: the bundled toy
     world). The erased model: ``result`` (ErasureResult), ``delta`` (a delta file), ``erased``
     (a diffusers folder of the erased model), or ``method`` (erase here first with it); none of
-    them: the base model itself. ``attack_configs``: {attack: overrides}. ``seeds``: scoring
+    them: the base model itself. ``apply``: a delta, a partial UNet state dict (ESD's / UCE's
+    scripts) or a LoRA file, checked against the base model (erase.reload.load_erasure). ``attack_configs``: {attack: overrides}. ``seeds``: scoring
     seeds. ``images``: the user's images of the concept (else the base model's). With ``out``
     the report (report.json, report.md) and image grids are written there. ``sampling_steps``:
     denoising steps of every scored or shown generation (None: the model's default). Returns the report
@@ -75,9 +76,9 @@ def evaluate(
     from erase.models import is_toyworld, load_pipeline
 
     start = time.perf_counter()
-    given = [x for x in (delta, erased, result, method) if x is not None]
+    given = [x for x in (delta, erased, result, method, apply) if x is not None]
     if len(given) > 1:
-        raise EraseError("give at most one of delta, erased, result and method")
+        raise EraseError("give at most one of delta, erased, result, method and apply")
     names = _parse_attacks(attacks)
     if sampling_steps is not None and (not isinstance(sampling_steps, int) or sampling_steps < 1):
         raise EraseError(f"sampling_steps must be a positive integer, got {sampling_steps!r}")
@@ -99,6 +100,12 @@ def evaluate(
     cfgs = {a: make_config(a, configs.get(a), toyworld=toy) for a in names}  # checked before any slow work
 
     target, weights, erasure_info = base, None, {"kind": "none (the base model itself)"}
+    if apply is not None:
+        from erase.reload import load_erasure
+
+        result = load_erasure(base, apply, concepts=[concept])
+        erasure_info = {"kind": "file", "path": str(apply), "file_kind": result.stats.get("file_kind"), "method": result.method,
+                        "concepts": result.concepts}
     if method is not None:
         from erase.api import erase_concepts
 
@@ -106,7 +113,7 @@ def evaluate(
         erasure_info = {"kind": "method", "method": result.method, "config": result.config, "seconds": result.stats.get("seconds")}
     if result is not None:
         weights = result
-        erasure_info = erasure_info if method is not None else {"kind": "result", "method": result.method}
+        erasure_info = erasure_info if method is not None or apply is not None else {"kind": "result", "method": result.method}
     elif delta is not None:
         weights = erased_weights(delta)
         from erase.export import load_delta
@@ -226,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--delta", help="erasure as a delta file (scripts/erase.py's delta.safetensors)")
     g.add_argument("--erased", help="the erased model as a diffusers folder")
     g.add_argument("--method", help="erase here first with this method (fmn, salun, esd, uce)")
+    g.add_argument("--apply", metavar="FILE", help="the erasure as a file: a delta, a partial UNet state dict in diffusers names "
+                   "(ESD's / UCE's scripts) or a LoRA (kohya or diffusers layout); checked against --model")
     p.add_argument("--concept", required=True, help="the erased concept")
     p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS), help="comma-separated: ti, prompt, relapse ('' for none; default: all)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="scoring seeds (default: 0)")
@@ -267,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bar = TqdmProgress(not args.no_progress)
     try:
-        report = evaluate(args.model, concept=args.concept, delta=args.delta, erased=args.erased, method=args.method,
+        report = evaluate(args.model, concept=args.concept, delta=args.delta, erased=args.erased, method=args.method, apply=args.apply,
                           attacks=args.attacks, attack_configs=attack_settings(args.config, args.set), seeds=args.seeds,
                           out=args.out, overwrite=args.overwrite, progress=bar, sampling_steps=args.sampling_steps)
     except EraseError as e:

@@ -14,6 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from ui.diffusion import METRIC_COLUMNS, DiffusionCallbacks
+from ui.load_file import LoadFileCallbacks
 from ui.robustness import UA_COLUMNS, RobustnessCallbacks, attack_label
 from ui.settings import all_settings, make_widget
 from ui.state import ModelCache, Session, close_session
@@ -46,6 +47,7 @@ def build_app(model: str | None = None, *, config: str | None = None, cache: Mod
     judge = {"judge_seeds": judge_seeds} if judge_seeds else {}
     cb = DiffusionCallbacks(cache, settings, Path(work_root) if work_root else None, judge_steps=judge_steps, **judge)
     rb = RobustnessCallbacks(cb)
+    lf = LoadFileCallbacks(cb)
 
     with gr.Blocks(title="erase", analytics_enabled=False) as demo:  # a local tool: no telemetry
         session = gr.State(Session(), delete_callback=close_session)
@@ -96,6 +98,16 @@ def build_app(model: str | None = None, *, config: str | None = None, cache: Mod
             with gr.Row():
                 erase_btn = gr.Button("Erase", variant="primary", elem_id="erase-btn")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
+            with gr.Accordion("Or load an erasure file (delta, UNet state dict or LoRA)", open=False, elem_id="load-file"):
+                gr.Markdown("A delta or LoRA exported here, a LoRA in the kohya or diffusers layout, or the partial UNet "
+                            "state dict ESD's and UCE's own scripts save (.safetensors). It is checked against the loaded "
+                            "model and then compared, scored and attacked like a fresh erasure; files that do not name their "
+                            "concepts take them from 'Concepts to forget'.")
+                with gr.Row():
+                    erasure_file = gr.File(label="upload", file_types=[".safetensors"], type="filepath", elem_id="erasure-file")
+                    erasure_path = gr.Textbox(label="or a path on this machine", elem_id="erasure-path",
+                                              placeholder="runs/no-star/lora/erase-star-uce.safetensors")
+                load_file_btn = gr.Button("Load onto the model", elem_id="load-file-btn")
             erase_status = gr.Markdown("", elem_id="erase-status")
             with gr.Accordion("Run statistics", open=False):
                 stats = gr.JSON(label="stats")
@@ -202,6 +214,12 @@ def build_app(model: str | None = None, *, config: str | None = None, cache: Mod
             cb.heatmaps, heat_inputs, heat, api_name="heatmaps_after_erase", **private).success(
             cb.scores, [session, score], [metrics, metrics_note], api_name="scores_after_erase", **private)
         erased.success(**attack_concepts)
+        loaded = load_file_btn.click(lf.load, [session, erasure_file, erasure_path, concepts], [erase_status, stats],
+                                     api_name="load_erasure_file", **ENGINE)
+        loaded.success(cb.compare, compare_inputs, compare_outputs, api_name="compare_after_load", **private).success(
+            cb.heatmaps, heat_inputs, heat, api_name="heatmaps_after_load", **private).success(
+            cb.scores, [session, score], [metrics, metrics_note], api_name="scores_after_load", **private)
+        loaded.success(**attack_concepts)
         cancel_btn.click(cb.cancel, session, erase_status, queue=False, api_name="cancel")
         attack_outputs = [attack_status, attack_table, attack_before, attack_after, *attack_galleries, attack_details]
         attack_btn.click(rb.run, [session, attack_choice, attack_concept, attack_seeds, attack_settings, steps, guidance],
@@ -215,6 +233,7 @@ def build_app(model: str | None = None, *, config: str | None = None, cache: Mod
 
     demo.erase_callbacks = cb  # for tests and embedding
     demo.robustness_callbacks = rb
+    demo.load_file_callbacks = lf
     demo.erase_settings = settings
     demo.erase_cache = cache
     return demo
