@@ -55,15 +55,14 @@ def cells_todo(methods=None) -> list[tuple[str, int | None]]:
     from erase.methods import available
 
     order = [m for m in METHOD_ORDER if m in available()] + [m for m in available() if m not in METHOD_ORDER]
-    todo = [(BASE, None)]
-    for m in methods or order:
-        todo += [(m, s) for s in ((0, 1) if m == ROBUST else (0,))]
-    return todo
+    todo = [(m, 0) for m in methods or order]  # every method's first seed first, then the robust one's second
+    todo += [(m, 1) for m in methods or order if m == ROBUST]
+    return todo + [(BASE, None)]
 
 
 def run_cells(methods=None, concepts=CONCEPTS, log=print) -> Cells:
-    """Compute every missing cell: the base model attacked (what an attack does with no erasure in
-    its way), then each method's erasure, its scores and every attack on it."""
+    """Compute every missing cell: each method's erasure, its scores and every attack on it, then
+    the base model attacked (what an attack does with no erasure in its way)."""
     import torch
 
     from erase import erase_concepts, load_pipeline
