@@ -3,11 +3,11 @@
 One job: load the model, erase, write into a temporary folder beside ``--out`` and rename it
 when everything is written:
 
-    OUT/model/               diffusers folder (StableDiffusionPipeline.from_pretrained)
+    OUT/model/               diffusers folder (StableDiffusionPipeline.from_pretrained), with README.md (model card)
     OUT/delta.safetensors    only the changed UNet tensors, with metadata
     OUT/model.safetensors    single-file checkpoint (original layout)
     OUT/lora/                the change as a LoRA: erase-<concepts>-<method>.safetensors (kohya layout:
-                             A1111, Forge, ComfyUI) and pytorch_lora_weights.safetensors (diffusers/PEFT)
+                             A1111, Forge, ComfyUI), pytorch_lora_weights.safetensors (diffusers/PEFT), README.md
     OUT/mask.safetensors     SalUn's saliency mask
     OUT/grid_concept.png     before/after for prompts naming the concept (same seeds)
     OUT/grid_retain.png      before/after for unrelated prompts
@@ -29,7 +29,7 @@ from pathlib import Path
 from erase.errors import EraseError
 
 JOB_KEYS = {"concepts", "concept", "method", "model", "model_config", "config", "set", "out", "overwrite",
-            "seeds", "exports", "name", "grid_steps", "lora_rank", "apply"}
+            "seeds", "exports", "name", "grid_steps", "lora_rank", "apply", "score"}
 EXPORTS = ("diffusers", "delta", "single-file", "lora")
 
 
@@ -109,31 +109,6 @@ def comparison_grids(pipe, result, concepts, seeds, steps: int | None = None) ->
     return grids
 
 
-def file_slug(result) -> str:
-    """'erase-<concepts>-<method>': a file name a UI shows as the LoRA's name."""
-    concepts = "-".join("".join(ch if ch.isalnum() else "_" for ch in c.lower()) for c in result.concepts)[:60]
-    return f"erase-{concepts or 'file'}-{result.method}".replace(" ", "_")
-
-
-def write_lora(pipe, result, folder: Path, rank) -> dict:
-    """OUT/lora/: both layouts from one factorisation; returns what the summary records."""
-    from erase.lora import LORA_WEIGHT_NAME, export_lora, factorise
-
-    factors = factorise(result, rank, base=pipe)
-    folder.mkdir(parents=True, exist_ok=True)
-    kohya = folder / f"{file_slug(result)}.safetensors"
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # left-out tensors are reported in the summary
-        export_lora(result, kohya, rank, "kohya", base=pipe, factors=factors)
-        export_lora(result, folder / LORA_WEIGHT_NAME, rank, "diffusers", base=pipe, factors=factors)
-    errors = list(factors.errors.values())
-    return {"rank": "full" if factors.rank is None else factors.rank, "max_rank": factors.max_rank(), "modules": len(errors),
-            "relative_error_max": max(errors), "relative_error_mean": sum(errors) / len(errors), "left_out": factors.left_out,
-            "files": {"kohya": kohya.name, "diffusers": LORA_WEIGHT_NAME}}
-
-
 def run_job(job: dict, *, progress: bool = True) -> dict:
     """Run one erasure job (a dict with the CLI's settings); returns its summary."""
     import torch
@@ -198,6 +173,16 @@ def run_job(job: dict, *, progress: bool = True) -> dict:
             bar.close()
     erase_seconds = result.stats.get("seconds", 0.0)
     memory = peak_memory()
+    scores = None
+    if job.get("score"):  # the judge's UA / IRA / CRA of the erased model, into the summary and the model cards
+        from erase.models import is_toyworld
+        from erase.toyworld.metrics import world_scores
+
+        if not is_toyworld(pipe):
+            raise EraseError("--score measures UA / IRA / CRA with the toy world's judge: it needs a toy-world model")
+        with result.applied(pipe):
+            scored = world_scores(pipe, result.concepts, seed=0)
+        scores = {c: {k: v[k] for k in ("UA", "IRA", "CRA", "UA_heldout") if k in v} for c, v in scored.items()}
 
     lora_info = None
     with atomic_path(out, overwrite) as tmp:
@@ -205,11 +190,14 @@ def run_job(job: dict, *, progress: bool = True) -> dict:
         if "delta" in exports:
             export_delta(result, tmp / "delta.safetensors", base=pipe)
         if "diffusers" in exports:
-            export_diffusers(pipe, result, tmp / "model")
+            export_diffusers(pipe, result, tmp / "model", scores=scores)
         if "single-file" in exports:
             export_single_file(pipe, result, tmp / "model.safetensors")
         if "lora" in exports:
-            lora_info = write_lora(pipe, result, tmp / "lora", lora_rank)
+            from erase.lora import export_lora_folder
+
+            lora_info = export_lora_folder(result, tmp / "lora", lora_rank, base=pipe, scores=scores)
+            lora_info.pop("folder")
         if result.mask is not None:
             save_mask(tmp / "mask.safetensors", result.mask, {"method": result.method, "concepts": result.concepts})
         grids = comparison_grids(pipe, result, result.concepts, seeds, job.get("grid_steps"))
@@ -234,6 +222,8 @@ def run_job(job: dict, *, progress: bool = True) -> dict:
             summary["lora"] = lora_info
         if apply is not None:
             summary["applied_from"] = str(apply)
+        if scores is not None:
+            summary["scores"] = scores
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
@@ -278,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--lora-rank", help=f"rank of the LoRA export: a positive whole number or 'full' (default: {DEFAULT_RANK}, "
                    "chosen from the toy-world measurement in BENCHMARKS.md)")
+    p.add_argument("--score", action="store_true", help="toy world: score the erased model with the judge (UA / IRA / CRA, "
+                   "a few minutes on a CPU) into summary.json and the model cards")
     p.add_argument("--apply", metavar="FILE", help="skip training: take the erasure from a delta, a partial UNet state dict "
                    "(ESD's / UCE's scripts) or a LoRA file, check it against --model and write the other exports")
     p.add_argument("--jobs", help="YAML jobs file: {defaults: {...}, jobs: [{concepts: [...], out: DIR, ...}]}")
@@ -300,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 "concepts": args.concept, "method": args.method, "model": args.model, "model_config": args.model_config,
                 "config": args.config, "set": parse_sets(args.set), "out": args.out, "overwrite": args.overwrite,
                 "seeds": args.seeds, "exports": args.exports, "grid_steps": args.grid_steps,
-                "lora_rank": args.lora_rank, "apply": args.apply,
+                "lora_rank": args.lora_rank, "apply": args.apply, "score": args.score,
             }]
         for i, job in enumerate(jobs):
             summary = run_job(job, progress=not args.no_progress)

@@ -1,11 +1,13 @@
 """Write an erasure out: a diffusers folder, a small delta file, a single-file checkpoint.
 
-- ``export_diffusers``: a full folder that plain ``StableDiffusionPipeline.from_pretrained`` loads.
+- ``export_diffusers``: a full folder that plain ``StableDiffusionPipeline.from_pretrained`` loads,
+  with a model card (README.md with the Hub's front matter, erase.cards).
 - ``export_delta``: only the changed tensors, as safetensors, with metadata (method, concepts,
   base model, settings, the base UNet's fingerprint); each key names its component ('unet.…',
   'text_encoder.…'); ``apply_delta`` writes it into a base pipeline, and also takes partial
   state dicts in diffusers names (what ESD's and UCE's own scripts save).
-- ``export_lora`` (erase.lora): the change as a LoRA, kohya or diffusers/PEFT layout.
+- ``export_lora`` / ``export_lora_folder`` (erase.lora): the change as a LoRA, kohya or
+  diffusers/PEFT layout; the folder holds both and a model card.
 - ``export_single_file``: one original-layout ``.safetensors`` for single-file tools
   (and ``StableDiffusionPipeline.from_single_file``).
 
@@ -73,17 +75,25 @@ def _fp32_components(pipe):
             getattr(pipe, name).to(dtype)
 
 
-def export_diffusers(pipe, result: ErasureResult | None, folder: str | Path, overwrite: bool = False) -> Path:
-    """Save the erased pipeline (``pipe`` with ``result`` applied) as a diffusers folder."""
+def export_diffusers(pipe, result: ErasureResult | None, folder: str | Path, overwrite: bool = False,
+                     scores: dict | None = None) -> Path:
+    """Save the erased pipeline (``pipe`` with ``result`` applied) as a diffusers folder, with a
+    model card (README.md, Hub front matter). ``scores``: {concept: {'UA': …, 'IRA': …, 'CRA': …}}
+    measured on it, for the card (default: ``result.scores`` where the app set them)."""
     from contextlib import nullcontext
 
+    from erase.cards import model_card, write_card
+
+    fingerprint = _fingerprint(result, pipe) if result is not None else None
     with atomic_path(folder, overwrite) as tmp:
         from erase.models import _quiet_libraries
 
         with result.applied(pipe) if result is not None else nullcontext(), _fp32_components(pipe), _quiet_libraries():
             pipe.save_pretrained(str(tmp), safe_serialization=True)
         if result is not None:
-            (tmp / "erase.json").write_text(json.dumps(result.metadata(), indent=2))
+            meta = dict(result.metadata(), base_fingerprint=json.dumps(fingerprint))
+            (tmp / "erase.json").write_text(json.dumps(meta, indent=2))
+            write_card(tmp, model_card(result, kind="model", scores=scores or getattr(result, "scores", None), fingerprint=fingerprint))
         if is_toyworld(pipe):  # still a toy-world model: keeps its prompts, presets and judge
             (tmp / TOYWORLD_MARKER).write_text(json.dumps({"derived_from": pipe.erase_info.source}, indent=2))
     return Path(folder)

@@ -37,7 +37,7 @@ import torch
 from erase.errors import EraseError
 
 __all__ = ["FORMATS", "DEFAULT_RANK", "LORA_WEIGHT_NAME", "LoraFactors", "parse_rank", "factorise", "peft_layers",
-           "kohya_state_dict", "lora_metadata", "export_lora"]
+           "kohya_state_dict", "lora_metadata", "export_lora", "export_lora_folder", "lora_file_name"]
 
 FORMATS = ("kohya", "diffusers")
 # Chosen from the toy-world measurement in BENCHMARKS.md (LoRA rank suite).
@@ -298,3 +298,37 @@ def export_lora(result, path: str | Path, rank=DEFAULT_RANK, format: str = "kohy
             writer.save_lora_weights(str(tmp.parent), weight_name=tmp.name, safe_serialization=True,
                                      save_function=lambda weights, _name: save_file(weights, str(tmp), metadata=meta), **kwargs)
     return path
+
+
+def lora_file_name(result) -> str:
+    """'erase-<concepts>-<method>.safetensors': the kohya file's name, which A1111 and ComfyUI show."""
+    concepts = "-".join(re.sub(r"[^A-Za-z0-9]+", "_", c).strip("_").lower() for c in result.concepts)[:60]
+    return f"erase-{concepts or 'concepts'}-{re.sub(r'[^A-Za-z0-9]+', '_', result.method)}.safetensors"
+
+
+def export_lora_folder(result, folder: str | Path, rank=DEFAULT_RANK, *, base=None, overwrite: bool = False,
+                       scores: dict | None = None) -> dict:
+    """A folder to share or push to the Hub: the kohya file (``lora_file_name``), the diffusers file
+    (``pytorch_lora_weights.safetensors``, what ``load_lora_weights(folder)`` picks) and a model card
+    (README.md), from one factorisation, written atomically. Returns what it wrote: rank, files,
+    left-out tensors, relative errors."""
+    from erase.cards import model_card, write_card
+    from erase.export import _fingerprint, atomic_path
+
+    factors = factorise(result, rank, base)
+    errors = list(factors.errors.values())
+    kohya = lora_file_name(result)
+    info = {"rank": "full" if factors.rank is None else factors.rank, "max_rank": factors.max_rank(), "modules": len(errors),
+            "relative_error_max": max(errors), "relative_error_mean": sum(errors) / len(errors), "left_out": factors.left_out,
+            "files": {"kohya": kohya, "diffusers": LORA_WEIGHT_NAME}}
+    with atomic_path(folder, overwrite) as tmp:
+        tmp.mkdir(parents=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the left-out tensors are in the card and the returned info
+            export_lora(result, tmp / kohya, rank, "kohya", base=base, factors=factors)
+            export_lora(result, tmp / LORA_WEIGHT_NAME, rank, "diffusers", base=base, factors=factors)
+        card = model_card(result, kind="lora", scores=scores or getattr(result, "scores", None),
+                          fingerprint=_fingerprint(result, base), lora=info)
+        write_card(tmp, card)
+    info["folder"] = str(folder)
+    return info

@@ -15,7 +15,7 @@ def test_lora_export_from_the_cli(tiny_folder, tmp_path):
     assert main(["--model", str(tiny_folder), "--concept", "van gogh", *KV, "--exports", "lora", "--lora-rank", "4", "--out", str(out)]) == 0
     lora = out / "lora"
     names = sorted(p.name for p in lora.iterdir())
-    assert "erase-van_gogh-fmn.safetensors" in names and "pytorch_lora_weights.safetensors" in names
+    assert names == ["README.md", "erase-van_gogh-fmn.safetensors", "pytorch_lora_weights.safetensors"]
     assert not (out / "model").exists() and not (out / "delta.safetensors").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["lora"]["rank"] == 4 and summary["lora"]["max_rank"] == 4 and summary["lora"]["left_out"] == []

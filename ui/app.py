@@ -40,6 +40,7 @@ def build_app(model: str | None = None, *, config: str | None = None, cache: Mod
     the judge's measured sampling steps).
     """
     from erase import methods
+    from erase.lora import DEFAULT_RANK
 
     cache = cache or ModelCache()
     method_names = methods.available()
@@ -179,9 +180,15 @@ def build_app(model: str | None = None, *, config: str | None = None, cache: Mod
             with gr.Row():
                 delta_btn = gr.Button("Export delta (.safetensors)", elem_id="delta-btn")
                 folder_btn = gr.Button("Export diffusers folder (.zip)", elem_id="folder-btn")
+                with gr.Column():
+                    lora_rank = gr.Textbox(str(DEFAULT_RANK), label="LoRA rank (a number or 'full')", elem_id="lora-rank")
+                    lora_btn = gr.Button("Export LoRA (A1111 / ComfyUI and diffusers)", elem_id="lora-btn")
             with gr.Row():
                 delta_file = gr.File(label="delta", elem_id="delta-file")
                 folder_file = gr.File(label="diffusers folder", elem_id="folder-file")
+                lora_files = gr.File(label="LoRA: kohya file, diffusers file, model card", file_count="multiple", elem_id="lora-files")
+            gr.Markdown("A delta or LoRA shows which weights the erasure changed, which published work uses to bring "
+                        "concepts back: share the merged model (the diffusers folder) when that matters.")
 
         if classifier:
             with gr.Tab("Classifier unlearning (digits)", id="classifier"):
@@ -230,6 +237,7 @@ def build_app(model: str | None = None, *, config: str | None = None, cache: Mod
         heat_btn.click(cb.heatmaps, heat_inputs, heat, api_name="heatmaps", **ENGINE)
         delta_btn.click(cb.export_delta, session, delta_file, api_name="export_delta", **ENGINE)
         folder_btn.click(cb.export_folder, session, folder_file, api_name="export_folder", **ENGINE)
+        lora_btn.click(cb.export_lora, [session, lora_rank], lora_files, api_name="export_lora", **ENGINE)
 
     demo.erase_callbacks = cb  # for tests and embedding
     demo.robustness_callbacks = rb

@@ -276,6 +276,8 @@ class DiffusionCallbacks:
                         else:
                             with ctx.applied(pipe):
                                 s = erasure_scores(pipe, c, **self.judge_kw)
+                            # the exports' model cards report them
+                            result.scores = {**(getattr(result, "scores", None) or {}), c: {k: s[k] for k in ("UA", "IRA", "CRA") if k in s}}
                     except EraseError as e:
                         notes.append(f"'{c}': {e}")
                         break
@@ -340,6 +342,20 @@ class DiffusionCallbacks:
             path = session.folder(self.work_root) / f"{name}-{result.method}.safetensors"
             export_delta(result, path, overwrite=True)
         return str(path)
+
+    def export_lora(self, session: Session, rank, progress=gr.Progress()):
+        """-> the LoRA folder's files: kohya layout (A1111, ComfyUI), diffusers layout, model card."""
+        from erase.lora import DEFAULT_RANK, export_lora_folder
+
+        pipe = self.pipe_for(session)
+        result = self._result(session)
+        progress(None, desc="factorising the change")
+        with user_errors("export the LoRA"):
+            folder = session.folder(self.work_root) / f"lora-{result.method}"
+            with ENGINE_LOCK:
+                info = export_lora_folder(result, folder, str(rank).strip() if str(rank or "").strip() else DEFAULT_RANK,
+                                          base=pipe, overwrite=True)
+        return [str(folder / info["files"]["kohya"]), str(folder / info["files"]["diffusers"]), str(folder / "README.md")]
 
     def export_folder(self, session: Session, progress=gr.Progress()):
         from erase.export import export_diffusers
