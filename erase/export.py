@@ -158,20 +158,23 @@ def apply_delta(pipe, path: str | Path, check_base: bool = True) -> dict[str, st
 
 
 def export_single_file(pipe, result: ErasureResult | None, path: str | Path, overwrite: bool = False,
-                       dtype: torch.dtype = torch.float32) -> Path:
-    """Save the erased pipeline as one original-layout ``.safetensors`` checkpoint."""
+                       dtype: torch.dtype = torch.float32, text_encoder_layout: str = "auto") -> Path:
+    """Save the erased pipeline as one original-layout ``.safetensors`` checkpoint. The text
+    encoder goes in the layout single-file tools expect: 'clip' (SD 1.x) or 'openclip' (SD 2.x);
+    'auto' picks by the model family."""
     from contextlib import nullcontext
 
     from safetensors.torch import save_file
 
-    from erase.single_file import pipeline_to_ldm
+    from erase.single_file import choose_text_encoder_layout, pipeline_to_ldm
 
     path = Path(path)
+    layout = choose_text_encoder_layout(pipe, text_encoder_layout)  # checked before anything is written
     if path.suffix != ".safetensors":
         raise EraseError(f"single-file checkpoints are written as .safetensors, got {path.name}")
     with atomic_path(path, overwrite) as tmp:
         meta = result.metadata() if result is not None else {"format": "erase-single-file"}
         with result.applied(pipe) if result is not None else nullcontext():
             # saved inside the block: the state dict's tensors alias the live (erased) weights
-            save_file(pipeline_to_ldm(pipe, dtype), str(tmp), metadata=meta)
+            save_file(pipeline_to_ldm(pipe, dtype, layout), str(tmp), metadata=meta)
     return path

@@ -1,8 +1,13 @@
 """Diffusers components -> one original-layout (CompVis/LDM) Stable Diffusion state dict.
 
 The layout single-file tools read (``model.diffusion_model.*`` for the UNet,
-``first_stage_model.*`` for the VAE, ``cond_stage_model.transformer.text_model.*`` for a CLIP
-text encoder) and that ``StableDiffusionPipeline.from_single_file`` converts back. The key map
+``first_stage_model.*`` for the VAE, ``cond_stage_model.transformer.text_model.*`` for SD 1.x's
+CLIP text encoder, ``cond_stage_model.model.*`` in OpenCLIP's layout for SD 2.x's) and that
+``StableDiffusionPipeline.from_single_file`` converts back. The OpenCLIP names come from
+diffusers' own key map (``DIFFUSERS_TO_LDM_MAPPING['openclip']``), inverted; q/k/v go into one
+``in_proj`` tensor as OpenCLIP keeps them. SD 2.x files carry 23 of OpenCLIP ViT-H's 24 layers
+and no ``text_projection`` (diffusers' SD 2 text encoder has no more; SD 2 reads the
+penultimate layer, and diffusers ignores those keys when loading). The key map
 is derived from the UNet's config (blocks, layers per block, which blocks have attention), so
 it holds for SD 1.x/2.x shapes and for smaller UNets of the same family.
 """
@@ -109,9 +114,63 @@ def text_encoder_to_ldm(text_encoder) -> dict[str, torch.Tensor]:
     return out
 
 
-def pipeline_to_ldm(pipe, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """The whole pipeline as one original-layout state dict (contiguous CPU tensors)."""
+OPENCLIP_PREFIX = "cond_stage_model.model."
+TEXT_ENCODER_LAYOUTS = ("auto", "clip", "openclip")
+
+
+def text_encoder_to_openclip(text_encoder, prefix: str = OPENCLIP_PREFIX) -> dict[str, torch.Tensor]:
+    """A CLIP text encoder in OpenCLIP's layout (SD 2.x checkpoints), from diffusers' key map."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    if type(text_encoder).__name__ not in ("CLIPTextModel", "CLIPTextModelWithProjection"):
+        raise EraseError(f"single-file export supports a CLIP text encoder, not {type(text_encoder).__name__}")
+    mapping = DIFFUSERS_TO_LDM_MAPPING["openclip"]
     state = {}
-    for part in (unet_to_ldm(pipe.unet), vae_to_ldm(pipe.vae), text_encoder_to_ldm(pipe.text_encoder)):
+    for key, value in text_encoder.state_dict().items():
+        if key.endswith("position_ids"):
+            continue
+        state[key if key.startswith(("text_model.", "text_projection.")) else "text_model." + key] = value
+    out = {}
+    for src, dst in mapping["layers"].items():
+        if src in state:
+            value = state.pop(src)
+            out[prefix + dst] = value.T.contiguous() if dst == "text_projection" else value
+    renames = {src: dst for src, dst in mapping["transformer"].items() if not src.startswith("transformer.")}
+    layers = "text_model.encoder.layers."
+    for i in range(text_encoder.config.num_hidden_layers):
+        head = f"{layers}{i}.self_attn."
+        for part in ("weight", "bias"):
+            qkv = [state.pop(f"{head}{p}_proj.{part}", None) for p in "qkv"]
+            if any(t is None for t in qkv):
+                raise EraseError(f"text encoder layer {i} has no separate q/k/v {part}: not a CLIP text model")
+            out[f"{prefix}transformer.resblocks.{i}.attn.in_proj_{part}"] = torch.cat(qkv, 0)
+    for key in [k for k in state if k.startswith(layers)]:
+        new = key
+        for src, dst in renames.items():  # diffusers -> OpenCLIP ('text_model.encoder.layers.' -> 'resblocks.', ...)
+            new = new.replace(src, dst)
+        out[f"{prefix}transformer.{new}"] = state.pop(key)
+    if state:
+        raise EraseError(f"no OpenCLIP name for text-encoder tensor {next(iter(state))!r}")
+    return out
+
+
+def choose_text_encoder_layout(pipe, layout: str = "auto") -> str:
+    """'clip' (SD 1.x: cond_stage_model.transformer.*) or 'openclip' (SD 2.x); 'auto' picks by the model family."""
+    if layout not in TEXT_ENCODER_LAYOUTS:
+        raise EraseError(f"text_encoder_layout must be one of {', '.join(TEXT_ENCODER_LAYOUTS)}, got {layout!r}")
+    if layout != "auto":
+        return layout
+    from erase.models import model_family
+
+    return "openclip" if model_family(pipe) == "sd2" else "clip"
+
+
+def pipeline_to_ldm(pipe, dtype: torch.dtype = torch.float32, text_encoder_layout: str = "auto") -> dict[str, torch.Tensor]:
+    """The whole pipeline as one original-layout state dict (contiguous CPU tensors); the text
+    encoder in the CLIP (SD 1.x) or OpenCLIP (SD 2.x) layout (``choose_text_encoder_layout``)."""
+    layout = choose_text_encoder_layout(pipe, text_encoder_layout)
+    text = text_encoder_to_openclip(pipe.text_encoder) if layout == "openclip" else text_encoder_to_ldm(pipe.text_encoder)
+    state = {}
+    for part in (unet_to_ldm(pipe.unet), vae_to_ldm(pipe.vae), text):
         state.update(part)
     return {k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}

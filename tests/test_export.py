@@ -84,3 +84,36 @@ def test_delta_for_another_model_is_refused(erased, tmp_path):
     save_file({"a": torch.zeros(1)}, str(not_delta))
     with pytest.raises(EraseError, match="not an erase delta"):
         apply_delta(pipe, not_delta)
+
+
+def test_single_file_with_an_openclip_text_encoder_round_trips(tiny_folder, tmp_path):
+    """SD 2.x single files keep the text encoder in OpenCLIP's layout; from_single_file converts it back."""
+    import types
+
+    import torch
+
+    from erase.single_file import choose_text_encoder_layout
+
+    pipe = load_pipeline(tiny_folder)
+    fast = dict(iterations=2, warmup=1, attack_steps=1, ddim_steps=2, batch_size=1, retain_batch=2, retain_items=2, lr=1e-2)
+    result = erase_concepts(pipe, "van gogh", "advunlearn", fast, inplace=False)  # the text encoder changes
+    expected = generate(pipe, PROMPTS, SEEDS, steps=4, result=result)
+    assert not images_equal(expected, generate(pipe, PROMPTS, SEEDS, steps=4))
+    path = export_single_file(pipe, result, tmp_path / "sd2.safetensors", text_encoder_layout="openclip")
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+        qkv = f.get_tensor("cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight")
+        fc1 = f.get_tensor("cond_stage_model.model.transformer.resblocks.0.mlp.c_fc.weight")
+    assert "cond_stage_model.model.token_embedding.weight" in keys and "cond_stage_model.model.ln_final.weight" in keys
+    assert not [k for k in keys if k.startswith("cond_stage_model.transformer.")]
+    q = result.tensors["text_encoder.encoder.layers.1.self_attn.q_proj.weight"]
+    assert qkv.shape == (3 * q.shape[0], q.shape[1]) and torch.equal(qkv[: q.shape[0]], q)
+    assert torch.equal(fc1, result.tensors["text_encoder.encoder.layers.0.mlp.fc1.weight"])
+    again = load_pipeline(path, config=tiny_folder)
+    assert images_equal(generate(again, PROMPTS, SEEDS, steps=4), expected)
+    # 'auto' picks OpenCLIP for the SD 2.x family (1024-d cross-attention), CLIP otherwise
+    sd2 = types.SimpleNamespace(unet=types.SimpleNamespace(config=types.SimpleNamespace(cross_attention_dim=1024)))
+    assert choose_text_encoder_layout(sd2) == "openclip" and choose_text_encoder_layout(pipe) == "clip"
+    with pytest.raises(EraseError, match="text_encoder_layout must be"):
+        export_single_file(pipe, result, tmp_path / "x.safetensors", text_encoder_layout="open_clip")
+    assert not (tmp_path / "x.safetensors").exists()
