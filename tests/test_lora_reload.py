@@ -98,7 +98,7 @@ def test_esd_and_uce_style_state_dicts_load_as_deltas(erasure, tiny_folder, tmp_
     assert all(torch.equal(after[k], before[k]) for k in before)  # nothing half-applied
 
 
-def test_another_base_model_is_refused_by_its_fingerprint(erasure, tmp_path):
+def test_another_base_model_is_refused_by_its_fingerprint(erasure, tmp_path, tiny_folder):
     from erase.synthetic import save_pipeline_folder
 
     pipe, result, files = erasure
@@ -119,6 +119,10 @@ def test_another_base_model_is_refused_by_its_fingerprint(erasure, tmp_path):
     with result.applied(pipe):
         applied = base_fingerprint(pipe, exclude=result.tensors)
     assert applied == base_fingerprint(pipe, exclude=result.tensors) == json.loads(meta["base_fingerprint"])
+    # the fp16 file of the same model has the same fingerprint (values are rounded to fp16 before hashing)
+    halved = load_pipeline(tiny_folder)
+    halved.unet.to(torch.float16).to(torch.float32)
+    assert base_fingerprint(halved, exclude=result.tensors) == applied
 
 
 def test_files_that_are_not_erasures_are_refused(erasure, tmp_path, tiny_folder):
