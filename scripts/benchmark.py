@@ -4,6 +4,7 @@
     python scripts/benchmark.py                     # every suite but gpu
     python scripts/benchmark.py --suite classifier  # one suite
     python scripts/benchmark.py --quick             # fewer seeds/steps (smoke run)
+    python scripts/benchmark.py --suite robustness --from-cache   # tables from the finished cells only
     python scripts/benchmark.py --suite gpu --json-dir runs/gpu-check          # CUDA: SD 1.5-shaped cases
     python scripts/benchmark.py --suite gpu --from-json runs/gpu-check/results.json  # table from a GPU run
     python scripts/benchmark.py --suite gpu --gpu-pipeline tiny --print-only   # CPU smoke run of the gpu suite
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "BENCHMARKS.md"), help="Markdown file to update")
     p.add_argument("--print-only", action="store_true", help="print the tables, do not write the file")
+    p.add_argument("--from-cache", action="store_true",
+                   help="toyworld/robustness: write the tables from the cells finished so far, computing nothing (missing cells are named)")
     g = p.add_argument_group("gpu suite")
     g.add_argument("--json-dir", default="runs/gpu-check", help="folder for results.json (rewritten after every case) and results.md")
     g.add_argument("--gpu-pipeline", default="sd15", choices=("sd15", "tiny"), help="sd15 (CUDA) or tiny (a smoke run, CPU too)")
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             if name == "gpu":
                 shown, md = gpu_section(args)
             else:
-                shown = md = run_suite(name, quick=args.quick)
+                shown = md = run_suite(name, quick=args.quick, compute=not args.from_cache)
             print(shown)
             if not args.print_only:
                 write_section(Path(args.out), name, md)

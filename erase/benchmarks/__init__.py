@@ -15,12 +15,22 @@ from pathlib import Path
 SUITES = ("engine", "toyworld", "robustness", "classifier")
 
 
-def run_suite(name: str, quick: bool = False) -> str:
-    if name not in SUITES:
-        from erase.errors import EraseError
+CACHED_SUITES = ("toyworld", "robustness")  # resumable suites whose tables can be written from their caches alone
 
+
+def run_suite(name: str, quick: bool = False, compute: bool = True) -> str:
+    """The suite's Markdown section. ``compute=False`` (cached suites only): write the tables from
+    the cells already finished, computing nothing missing (the table names what is missing)."""
+    from erase.errors import EraseError
+
+    if name not in SUITES:
         raise EraseError(f"unknown benchmark suite {name!r}; choose from {', '.join(SUITES)}")
-    return importlib.import_module(f"erase.benchmarks.{name}").run(quick=quick)
+    module = importlib.import_module(f"erase.benchmarks.{name}")
+    if compute:
+        return module.run(quick=quick)
+    if name not in CACHED_SUITES:
+        raise EraseError(f"suite {name!r} has no cache to write its tables from; --from-cache works for {', '.join(CACHED_SUITES)}")
+    return module.run(quick=quick, compute=False)
 
 
 def machine_description() -> str:

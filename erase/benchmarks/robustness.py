@@ -147,10 +147,10 @@ def render(cells: Cells, header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(quick: bool = False) -> str:
+def run(quick: bool = False, compute: bool = True) -> str:
     from erase.benchmarks import machine_description
 
-    cells = run_cells(concepts=CONCEPTS[:1] if quick else CONCEPTS)
+    cells = run_cells(concepts=CONCEPTS[:1] if quick else CONCEPTS) if compute else Cells(CACHE_DIR / "robustness.jsonl")
     header = "\n".join([
         "## Robustness: erasures under attack (toy world)", "",
         f"Machine: {machine_description()}. Command: `python scripts/benchmark.py --suite robustness` (resumable: cells are "

@@ -250,7 +250,7 @@ def render(cells: Cells, quick: bool = False, header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(quick: bool = False) -> str:
+def run(quick: bool = False, compute: bool = True) -> str:
     import json as _json
 
     from erase.benchmarks import machine_description
@@ -259,7 +259,7 @@ def run(quick: bool = False) -> str:
     from erase.toyworld.metrics import DEFAULT_GUIDANCE, generation_accuracy
 
     cfg = settings(quick)
-    cells = run_cells(quick=quick)
+    cells = run_cells(quick=quick) if compute else Cells(CACHE_DIR / ("suite-quick.jsonl" if quick else "suite.jsonl"))
     step = _json.loads((weights_dir() / "toyworld.json").read_text()).get("step")
     judge = load_judge()
     from erase import load_pipeline
