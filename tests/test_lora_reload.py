@@ -200,7 +200,8 @@ def test_the_app_loads_a_file_onto_the_current_model(erasure, tiny_folder, tmp_p
     # then it compares like a fresh erasure, and exports again
     galleries = cb.compare(session, 1, "0", 2, 7.5, progress=lambda *a, **k: None)
     assert len(galleries[0]) == len(galleries[1]) > 0
-    assert load_delta(cb.export_delta(session))[1]["method"] == "fmn"
+    meta = load_delta(cb.export_delta(session))[1]
+    assert meta["method"] == "fmn" and json.loads(meta["base_fingerprint"])["unet"]["sha256"]
     # a typed path works too; a bad one is a message on the page
     lf.load(session, None, str(files["delta"]), [], progress=lambda *a, **k: None)
     assert session.result.stats["file_kind"] == "delta"

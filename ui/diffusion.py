@@ -336,11 +336,13 @@ class DiffusionCallbacks:
     def export_delta(self, session: Session):
         from erase.export import export_delta
 
+        pipe = self.pipe_for(session)
         result = self._result(session)
         with user_errors("export the delta"):
             name = "erase-" + "-".join("".join(ch if ch.isalnum() else "_" for ch in c) for c in result.concepts)[:60]
             path = session.folder(self.work_root) / f"{name}-{result.method}.safetensors"
-            export_delta(result, path, overwrite=True)
+            with ENGINE_LOCK:
+                export_delta(result, path, overwrite=True, base=pipe)  # records the base model's fingerprint
         return str(path)
 
     def export_lora(self, session: Session, rank, progress=gr.Progress()):
