@@ -1,5 +1,5 @@
 """Loading erasures back: LoRA files, ESD/UCE-style partial UNet state dicts, base-model fingerprints,
-scripts/evaluate.py --apply, scripts/erase.py --apply and the app's load panel."""
+scripts/evaluate.py --apply and scripts/erase.py --apply (the app's load panel: test_lora_app.py)."""
 
 import json
 import warnings
@@ -175,37 +175,3 @@ def test_evaluate_apply_and_erase_apply(erasure, tiny_folder, tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["applied_from"] == str(files["diffusers"]) and summary["concepts"] == ["van gogh"] and summary["method"] == "fmn"
     assert (run / "model" / "model_index.json").is_file() and (run / "delta.safetensors").is_file()
-
-
-def test_the_app_loads_a_file_onto_the_current_model(erasure, tiny_folder, tmp_path):
-    import gradio as gr
-
-    from ui.diffusion import DiffusionCallbacks
-    from ui.load_file import LoadFileCallbacks
-    from ui.settings import all_settings
-    from ui.state import ModelCache, Session
-
-    pipe, result, files = erasure
-    cache = ModelCache()
-    cb = DiffusionCallbacks(cache, all_settings(["fmn"]), tmp_path)
-    lf = LoadFileCallbacks(cb)
-    session = Session()
-    session.model = str(tiny_folder)
-    status, stats = lf.load(session, str(files["kohya"]), "", [], progress=lambda *a, **k: None)
-    assert "Loaded" in status and "LoRA" in status and stats["file_kind"] == "lora"
-    assert session.result.concepts == ["van gogh"] and session.result.original == {}
-    shared = cache.get(str(tiny_folder))
-    expected = generate(shared, PROMPTS, SEEDS, steps=4, result=load_erasure(pipe, files["kohya"]))
-    assert images_equal(generate(shared, PROMPTS, SEEDS, steps=4, result=session.result), expected)
-    # then it compares like a fresh erasure, and exports again
-    galleries = cb.compare(session, 1, "0", 2, 7.5, progress=lambda *a, **k: None)
-    assert len(galleries[0]) == len(galleries[1]) > 0
-    meta = load_delta(cb.export_delta(session))[1]
-    assert meta["method"] == "fmn" and json.loads(meta["base_fingerprint"])["unet"]["sha256"]
-    # a typed path works too; a bad one is a message on the page
-    lf.load(session, None, str(files["delta"]), [], progress=lambda *a, **k: None)
-    assert session.result.stats["file_kind"] == "delta"
-    with pytest.raises(gr.Error, match="not found"):
-        lf.load(session, None, str(tmp_path / "missing.safetensors"), [], progress=lambda *a, **k: None)
-    with pytest.raises(gr.Error, match="upload"):
-        lf.load(session, None, "  ", [], progress=lambda *a, **k: None)
