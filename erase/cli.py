@@ -159,6 +159,11 @@ def run_job(job: dict, *, progress: bool = True) -> dict:
     pipe = load_pipeline(job.get("model"), config=job.get("model_config"))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    if job.get("score"):
+        from erase.models import is_toyworld
+
+        if not is_toyworld(pipe):
+            raise EraseError("--score measures UA / IRA / CRA with the toy world's judge: it needs a toy-world model")
     if apply is not None:  # no training: the erasure comes from the file, checked against the model
         from erase.reload import load_erasure
 
@@ -175,11 +180,8 @@ def run_job(job: dict, *, progress: bool = True) -> dict:
     memory = peak_memory()
     scores = None
     if job.get("score"):  # the judge's UA / IRA / CRA of the erased model, into the summary and the model cards
-        from erase.models import is_toyworld
         from erase.toyworld.metrics import world_scores
 
-        if not is_toyworld(pipe):
-            raise EraseError("--score measures UA / IRA / CRA with the toy world's judge: it needs a toy-world model")
         with result.applied(pipe):
             scored = world_scores(pipe, result.concepts, seed=0)
         scores = {c: {k: v[k] for k in ("UA", "IRA", "CRA", "UA_heldout") if k in v} for c, v in scored.items()}

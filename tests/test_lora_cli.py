@@ -37,3 +37,35 @@ def test_bad_rank_on_the_cli_is_one_line_before_any_work(tiny_folder, tmp_path, 
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err
         assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_score_puts_the_judges_numbers_into_summary_and_cards(tmp_path, monkeypatch, capsys, tiny_folder):
+    import pytest
+
+    from conftest import bundled_available
+
+    # not a toy-world model: refused in one line before any training
+    out = tmp_path / "tiny"
+    assert main(["--model", str(tiny_folder), "--concept", "van gogh", *KV, "--score", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "toy world" in err and "\n" not in err and not out.exists()
+    if not bundled_available():
+        pytest.skip("bundled toy-world weights missing")
+    import erase.toyworld.metrics as metrics
+
+    calls = []
+
+    def fake_scores(pipe, concepts, seed=0, **kw):  # the real judge takes minutes on a CPU; its wiring is what is tested
+        calls.append(list(concepts))
+        return {c: {"UA": 0.95, "IRA": 0.9, "CRA": 0.85, "UA_heldout": 0.8, "seconds": 1.0} for c in concepts}
+
+    monkeypatch.setattr(metrics, "world_scores", fake_scores)
+    out = tmp_path / "toy"
+    assert main(["--concept", "square", "--method", "uce", "--exports", "diffusers", "lora", "--score", "--seeds", "0",
+                 "--grid-steps", "2", "--no-progress", "--out", str(out)]) == 0
+    assert calls == [["square"]]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scores"] == {"square": {"UA": 0.95, "IRA": 0.9, "CRA": 0.85, "UA_heldout": 0.8}}
+    for card in (out / "model" / "README.md", out / "lora" / "README.md"):
+        text = card.read_text()
+        assert "value: 95.0" in text and "| square | 95 | 90 | 85 | 80 |" in text
