@@ -12,14 +12,16 @@ torch.set_num_threads(1)
 
 
 def test_trigger_placement():
-    img = apply_trigger(np.zeros((2, 3, 6, 6)), 2, 1.0)
-    assert img[:, :, 4:, 4:].min() == 1 and img.sum() == 2 * 3 * 4
-    flat = apply_trigger(np.zeros((1, 64)), 2, 1.0).reshape(8, 8)
-    assert flat[6:, 6:].min() == 1 and flat.sum() == 4  # 8 x 8 digits: bottom-right corner
-    odd = apply_trigger(np.zeros((1, 10)), 3, 5.0)
-    assert odd[0, -3:].tolist() == [5.0] * 3 and odd.sum() == 15
+    img = apply_trigger(np.full((2, 3, 6, 6), 0.5), 3, (1.0, 0.0))
+    corner = img[:, :, 3:, 3:]
+    assert corner[0, 0].tolist() == [[1, 0, 1], [0, 1, 0], [1, 0, 1]]  # a checkerboard, every channel
+    assert (corner[1] == corner[0]).all() and (img[:, :, :3, :] == 0.5).all() and (img[:, :, :, :3] == 0.5).all()
+    flat = apply_trigger(np.zeros((1, 64)), 2, (1.0, 0.0)).reshape(8, 8)
+    assert flat[6:, 6:].tolist() == [[1, 0], [0, 1]] and flat.sum() == 2  # 8 x 8 digits: bottom-right corner
+    odd = apply_trigger(np.zeros((1, 10)), 3, (5.0, -1.0))
+    assert odd[0, -3:].tolist() == [5.0, -1.0, 5.0] and odd[0, :-3].sum() == 0
     with pytest.raises(EraseError, match="larger than"):
-        apply_trigger(np.zeros((1, 3, 2, 2)), 3, 1.0)
+        apply_trigger(np.zeros((1, 3, 2, 2)), 3, (1.0, 0.0))
 
 
 def test_plant_touches_only_the_forget_set():

@@ -1,8 +1,10 @@
 """Backdoor verification: plant a trigger in part of the forget set, then check it is gone.
 
 Before training, a seeded ``fraction`` of D_f (samples whose label is not the target) gets a
-trigger, a ``patch`` x ``patch`` square of the input's maximum value in the bottom-right corner
-(every channel), and the ``target`` label. A model trained on that data learns "trigger ->
+trigger, a ``patch`` x ``patch`` checkerboard of the input range's maximum and minimum in the
+bottom-right corner (every channel; a checkerboard stays visible on dark and light
+backgrounds alike, where a plain white square vanishes on the concept world's light
+backgrounds), and the ``target`` label. A model trained on that data learns "trigger ->
 target". After the forget set is unlearned, the trigger's attack success rate (ASR: the share
 of triggered test samples of other classes that the model puts in the target class) should fall
 to the retrained model's, which never saw a triggered sample. An ASR left above it is direct
@@ -31,20 +33,26 @@ class BackdoorConfig:
 
     fraction: float = field(default=0.5, metadata={"help": "share of D_f that gets the trigger and the target label"})
     target: int = field(default=0, metadata={"help": "label the trigger points to"})
-    patch: int = field(default=2, metadata={"help": "side of the square trigger in pixels (flat, non-square inputs: features)"})
+    patch: int = field(default=3, metadata={"help": "side of the square trigger in pixels (flat, non-square inputs: features)"})
 
     def __post_init__(self):
         check(self, {"fraction": (float, 0.0, 1.0, False, True), "target": (int, 0, None, True, False),
                      "patch": (int, 1, None, True, False)})
 
 
-def apply_trigger(X: np.ndarray, patch: int, value: float) -> np.ndarray:
-    """A copy of ``X`` with the trigger stamped on every sample."""
+def _checker(patch: int, high: float, low: float) -> np.ndarray:
+    i, j = np.indices((patch, patch))
+    return np.where((i + j) % 2 == 0, high, low).astype(np.float32)
+
+
+def apply_trigger(X: np.ndarray, patch: int, value: tuple[float, float]) -> np.ndarray:
+    """A copy of ``X`` with the trigger (a checkerboard of ``value = (high, low)``) on every sample."""
     X = np.array(X, copy=True)
+    high, low = value
     if X.ndim == 4:
         if patch > min(X.shape[2:]):
             raise EraseError(f"trigger patch {patch} is larger than the {X.shape[2]}x{X.shape[3]} images")
-        X[:, :, -patch:, -patch:] = value
+        X[:, :, -patch:, -patch:] = _checker(patch, high, low)
         return X
     if X.ndim != 2:
         raise EraseError(f"backdoor triggers need images (N, C, H, W) or vectors (N, d), got shape {X.shape}")
@@ -52,16 +60,19 @@ def apply_trigger(X: np.ndarray, patch: int, value: float) -> np.ndarray:
     side = math.isqrt(d)
     if side * side == d and patch <= side:
         img = X.reshape(len(X), side, side)
-        img[:, -patch:, -patch:] = value
+        img[:, -patch:, -patch:] = _checker(patch, high, low)
         return img.reshape(len(X), d)
     if patch > d:
         raise EraseError(f"trigger of {patch} features is longer than the {d} features")
-    X[:, -patch:] = value
+    X[:, -patch:] = _checker(patch, high, low)[0]
     return X
 
 
-def trigger_value(data) -> float:
-    return float(data.input_range[1]) if data.input_range is not None else float(np.max(data.X_train))
+def trigger_value(data) -> tuple[float, float]:
+    """(high, low) of the checkerboard: the input range, or the training data's extremes."""
+    if data.input_range is not None:
+        return float(data.input_range[1]), float(data.input_range[0])
+    return float(np.max(data.X_train)), float(np.min(data.X_train))
 
 
 def plant(data, forget_idx: np.ndarray, config: BackdoorConfig | None = None, seed: int = 0):
