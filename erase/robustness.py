@@ -22,10 +22,31 @@ from pathlib import Path
 
 from erase.errors import EraseError
 
-__all__ = ["evaluate", "format_table", "main", "DEFAULT_ATTACKS", "check_concept_drawn"]
+__all__ = ["evaluate", "format_table", "main", "DEFAULT_ATTACKS", "check_concept_drawn", "AttackData"]
 
 DEFAULT_ATTACKS = ("ti", "prompt", "relapse")
 MAX_BASE_UA = 0.5  # an attack needs a base model that draws the concept: at most this UA before erasure
+
+
+class AttackData:
+    """The attackers' data for one concept, made once by the *base* model and shared by every
+    attack (and every erasure) that asks for the same kind: the concept's images (or the user's
+    ``images``) or the retain set, per (kind, image count, generation steps, guidance, seed)."""
+
+    def __init__(self, pipe, concept: str, images=None):
+        self.pipe, self.concept, self.images = pipe, concept, images
+        self._made: dict[tuple, tuple] = {}
+
+    def get(self, attack: str, cfg, progress=None) -> tuple:
+        """(latents, prompts) for ``attack`` with config ``cfg``; call it with the base weights in place."""
+        from erase.attacks import concept_data, get, retain_data
+
+        needs = get(attack).needs
+        key = (needs, cfg.n_images, cfg.generation_steps, cfg.guidance_scale, cfg.seed)
+        if key not in self._made:
+            self._made[key] = (retain_data(self.pipe, self.concept, cfg, progress=progress) if needs == "retain"
+                               else concept_data(self.pipe, self.concept, cfg, images=self.images, progress=progress))
+        return self._made[key]
 
 
 def check_concept_drawn(pipe, concept: str, seeds: Sequence[int] = (0,), judge=None, sampling: Mapping | None = None) -> float:
@@ -72,7 +93,7 @@ def evaluate(
     denoising steps of every scored or shown generation (None: the model's default). Returns the report
     (a dict; ``report["table"]`` is the text table).
     """
-    from erase.attacks import concept_data, erased_weights, make_config, retain_data, run_attack
+    from erase.attacks import erased_weights, make_config, run_attack
     from erase.models import is_toyworld, load_pipeline
 
     start = time.perf_counter()
@@ -143,19 +164,12 @@ def evaluate(
             if progress is not None:
                 progress(1, 1, {"phase": "scores of the erased model"})
 
-    data_cache: dict = {}
+    data = AttackData(base, concept, images)  # the base model's images (the erased model is not used for data)
     results = {}
     for a in names:
         cfg = cfgs[a]
-        from erase.attacks import get
-
-        needs = get(a).needs
-        key = (needs, cfg.n_images, cfg.generation_steps, cfg.guidance_scale, cfg.seed)
-        if key not in data_cache:  # the base model's images (the erased model is not used for data)
-            data_cache[key] = (retain_data(base, concept, cfg, progress=progress) if needs == "retain"
-                               else concept_data(base, concept, cfg, images=images, progress=progress))
-        res = run_attack(target, concept, a, cfg, erasure=weights, data=data_cache[key], seeds=seeds, progress=progress, judge=judge,
-                         sampling=sampling)
+        res = run_attack(target, concept, a, cfg, erasure=weights, data=data.get(a, cfg, progress), seeds=seeds,
+                         progress=progress, judge=judge, sampling=sampling)
         results[a] = res
         report["attacks"][a] = res.summary()
 

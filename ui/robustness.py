@@ -106,7 +106,8 @@ class RobustnessCallbacks:
             progress=gr.Progress()):
         """-> status markdown, UA table rows, original gallery, erased gallery, one gallery per
         attack in ``self.attacks`` (empty for attacks not run), details (dict)."""
-        from erase.attacks import attack_prompts, check_attack_concept, concept_data, get, judge_ua, make_config, retain_data, run_attack
+        from erase.attacks import attack_prompts, check_attack_concept, judge_ua, make_config, run_attack
+        from erase.robustness import AttackData
         from erase.evaluation import generate, sampling_defaults
         from erase.models import is_toyworld
         from erase.training import Cancelled
@@ -162,16 +163,11 @@ class RobustnessCallbacks:
                 before = render("original", 0)
                 with result.applied(pipe):  # one swap in and out for all the erased images
                     after = render("erased", len(prompts))
-                data_cache: dict = {}
+                data = AttackData(pipe, target)  # the base model's images, shared by attacks that need the same
                 outcomes = {}
                 for i, a in enumerate(names):
                     cfg = cfgs[a]
-                    needs = get(a).needs
-                    key = (needs, cfg.n_images, cfg.generation_steps, cfg.guidance_scale, cfg.seed)
-                    if key not in data_cache:  # the base model's images, shared by attacks that need the same
-                        make = retain_data if needs == "retain" else concept_data
-                        data_cache[key] = make(pipe, target, cfg, progress=reporter(i, a))
-                    outcomes[a] = run_attack(pipe, target, a, cfg, erasure=result, data=data_cache[key], seeds=seeds,
+                    outcomes[a] = run_attack(pipe, target, a, cfg, erasure=result, data=data.get(a, cfg, reporter(i, a)), seeds=seeds,
                                              progress=reporter(i, a), judge=judge, sampling=samp)
                 ua_before = judge_ua(before, target, judge) if toy else None
                 ua_after = judge_ua(after, target, judge) if toy else None

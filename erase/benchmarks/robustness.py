@@ -66,7 +66,8 @@ def run_cells(methods=None, concepts=CONCEPTS, log=print) -> Cells:
     import torch
 
     from erase import erase_concepts, load_pipeline
-    from erase.attacks import concept_data, get, make_config, retain_data, run_attack
+    from erase.attacks import make_config, run_attack
+    from erase.robustness import AttackData
     from erase.toyworld.judge import load_judge
     from erase.toyworld.metrics import world_scores
 
@@ -74,15 +75,7 @@ def run_cells(methods=None, concepts=CONCEPTS, log=print) -> Cells:
     torch.manual_seed(0)
     pipe = load_pipeline(None)
     judge = load_judge()
-    data: dict[tuple[str, str], tuple] = {}
-
-    def shared_data(concept: str, attack: str):
-        cfg = make_config(attack, toyworld=True)
-        needs = get(attack).needs
-        key = (concept, needs, cfg.n_images, cfg.generation_steps, cfg.seed)
-        if key not in data:
-            data[key] = (retain_data if needs == "retain" else concept_data)(pipe, concept, cfg)
-        return data[key]
+    data: dict[str, AttackData] = {}  # per concept, shared by every method's attacks
 
     for method, seed in cells_todo(methods):
         for concept in concepts:
@@ -105,7 +98,8 @@ def run_cells(methods=None, concepts=CONCEPTS, log=print) -> Cells:
             post = {}
             for attack in ATTACKS:
                 t = time.time()
-                res = run_attack(pipe, concept, attack, erasure=result, data=shared_data(concept, attack),
+                shared = data.setdefault(concept, AttackData(pipe, concept)).get(attack, make_config(attack, toyworld=True))
+                res = run_attack(pipe, concept, attack, erasure=result, data=shared,
                                  seeds=(SCORE_SEED,), judge=judge)
                 post[attack] = {"UA": res.ua, "seconds": round(time.time() - t, 1), "prompts": sorted(set(res.prompts))[:3]}
                 log(f"[robustness]   {attack}: post-attack UA {_pct(res.ua)} ({time.time() - t:.0f} s)")
