@@ -19,6 +19,8 @@ _API = {
     "load_delta": "erase.export",
     "apply_delta": "erase.export",
     "export_single_file": "erase.export",
+    "export_lora": "erase.lora",
+    "load_erasure": "erase.reload",
     "generate": "erase.evaluation",
     "compare": "erase.evaluation",
     "attention_heatmap": "erase.evaluation",
