@@ -120,6 +120,7 @@ class ErasureResult:
     original: dict[str, torch.Tensor]  # the base model's values of the same tensors
     stats: dict = field(default_factory=dict)
     mask: dict[str, torch.Tensor] | None = None
+    base_fingerprint: dict | str | None = None  # the base UNet's (erase.fingerprint), recorded by exports and checked on load
 
     def metadata(self) -> dict[str, str]:
         import json
@@ -253,6 +254,9 @@ def erase_concepts(
         config=dataclasses.asdict(cfg), tensors=changed, original={n: snapshot[n] for n in changed},
         stats=stats, mask=mask,
     )
+    from erase.fingerprint import base_fingerprint
+
+    result.base_fingerprint = base_fingerprint(pipe, exclude=changed)  # over tensors the erasure left as they were
     if not inplace:
         result.restore(pipe)
     return result
