@@ -216,12 +216,12 @@ def erase_concepts(
                      mixed_precision=mp, progress=progress, images=images)
     job.concept_items()  # every concept must be placeable in its prompts before any work starts
     scope = cfg.parameter_scope()
-    trainable = select_tensors(pipe, scope)
-    snapshot = {n: p.detach().to("cpu", copy=True) for n, p in trainable.items()}
     # a text encoder kept in half precision (a GPU's frozen parts) trains in fp32 and goes back after
     half_encoder = pipe.text_encoder.dtype if scope_component(scope) == "text_encoder" and pipe.text_encoder.dtype != torch.float32 else None
     if half_encoder is not None:
         pipe.text_encoder.to(torch.float32)
+    trainable = select_tensors(pipe, scope)
+    snapshot = {n: p.detach().to("cpu", copy=True) for n, p in trainable.items()}  # fp32, so changes compare exactly
     set_seed(cfg.seed)
     start = time.perf_counter()
     try:
