@@ -31,13 +31,18 @@ written to a temp path and renamed. ``save(dir)`` / ``SISAModel.load(dir)`` keep
 on disk (:mod:`erase.classifier.sisa_store`): a deletion in a new process retrains exactly what
 an in-process one would, bit for bit.
 
-Executor seam: each shard's (re)training is one :class:`ShardTask` run by the pure function
-:func:`train_shard`; ``SISAModel(..., executor=f)`` takes any ``f(tasks) -> results`` (the
-default runs them one after the other here), so shards can run in other processes or machines.
+Executors: each shard's (re)training is one :class:`ShardTask` run by the pure function
+:func:`train_shard`. The config's ``executor`` picks where the tasks run (:mod:`erase.classifier.executors`):
+``serial`` (here, the default), ``process`` (a local pool of ``workers`` processes) or ``ray``
+(one Ray task per shard, locally or on a cluster at ``ray_address``); ``SISAModel(...,
+executor=f)`` takes any other ``f(tasks) -> results``. A task fixes torch's thread count
+(``threads``), so every executor gives the same bits (tested). Checkpoints are read and written
+by the driver only; tasks carry their start checkpoint and return their state dicts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from erase.classifier.executors import EXECUTORS, check_ray_address, make_executor
 from erase.classifier.models import TrainConfig, save_tensors, seeded, train_classifier
 from erase.classifier.options import COUNT, POSITIVE, check
 from erase.errors import EraseError
@@ -64,15 +70,31 @@ class SISAConfig:
     batch_size: int = field(default=64, metadata={"help": "minibatch size"})
     aggregation: str = field(default="vote", metadata={"help": "'vote' (majority label) or 'softmax' (mean probabilities)"})
     sharding: str = field(default="uniform", metadata={"help": "'uniform' or 'distribution' (needs deletion probabilities)"})
-    checkpoint_dir: str | None = field(default=None, metadata={"help": "folder for safetensors checkpoints; None keeps them in memory"})
+    checkpoint_dir: str | None = field(default=None, metadata={"help": "folder for safetensors checkpoints; None keeps them in memory. "
+                                                                   "Written by the driver only (workers get and return state dicts); "
+                                                                   "on a Ray cluster use a path on storage every node mounts if "
+                                                                   "another machine is to resume from it"})
+    executor: str = field(default="serial", metadata={"help": "where shards train: 'serial' (this process), 'process' (a local "
+                                                              "process pool) or 'ray' (Ray tasks; pip install 'erase[ray]'); same bits on each"})
+    workers: int | None = field(default=None, metadata={"help": "process: pool size (None: CPU count); ray: most shard tasks at "
+                                                                "once (None: as many as Ray schedules); a local Ray instance gets this many CPUs"})
+    ray_address: str | None = field(default=None, metadata={"help": "None: start (or reuse) a local Ray instance; 'auto': the cluster "
+                                                                    "started on this machine; 'host:port' or 'ray://host:port': a cluster"})
+    ray_num_cpus: float = field(default=1.0, metadata={"help": "CPUs Ray reserves for each shard task"})
+    ray_connect_timeout: float = field(default=10.0, metadata={"help": "seconds to wait for ray_address to answer"})
+    threads: int | None = field(default=None, metadata={"help": "torch threads per shard task (None: this process's count); fixed "
+                                                               "per task so that every executor gives the same bits"})
 
     def __post_init__(self):
         check(self, {
             "shards": COUNT, "slices": COUNT, "epochs_per_slice": COUNT, "lr": POSITIVE, "batch_size": COUNT,
-            "aggregation": ("vote", "softmax"), "sharding": ("uniform", "distribution"),
+            "aggregation": ("vote", "softmax"), "sharding": ("uniform", "distribution"), "executor": EXECUTORS,
+            "ray_num_cpus": POSITIVE, "ray_connect_timeout": POSITIVE,
         })
+        check(self, {k: COUNT for k in ("workers", "threads") if getattr(self, k) is not None})
         if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, str):
             raise EraseError(f"SISA option checkpoint_dir must be a folder name or null, got {self.checkpoint_dir!r}")
+        check_ray_address(self.ray_address)
 
 
 @dataclass
@@ -229,6 +251,7 @@ class ShardTask:
     train: TrainConfig
     init_state: dict[str, torch.Tensor] | None
     steps: list[tuple[int, np.ndarray, torch.Tensor, torch.Tensor]]
+    threads: int = 0  # torch threads while training (0: leave as is)
 
 
 @dataclass
@@ -240,14 +263,21 @@ class ShardResult:
 
 def train_shard(task: ShardTask) -> ShardResult:
     """Train one shard's slices (a pure function of the task: the executor seam)."""
-    model = seeded(task.factory, _seed(task.seed, task.shard))
-    if task.init_state is not None:
-        model.load_state_dict(task.init_state)
-    states, count = [], 0
-    for r, ids, X, y in task.steps:
-        train_classifier(model, X, y, task.train, seed=_seed(task.seed, task.shard, r))
-        states.append((r, _key(ids), {k: v.detach().clone() for k, v in model.state_dict().items()}))
-        count += len(ids)
+    old = torch.get_num_threads()
+    if task.threads and task.threads != old:
+        torch.set_num_threads(task.threads)  # reductions split by thread count: fix it for equal bits everywhere
+    try:
+        model = seeded(task.factory, _seed(task.seed, task.shard))
+        if task.init_state is not None:
+            model.load_state_dict(task.init_state)
+        states, count = [], 0
+        for r, ids, X, y in task.steps:
+            train_classifier(model, X, y, task.train, seed=_seed(task.seed, task.shard, r))
+            states.append((r, _key(ids), {k: v.detach().clone() for k, v in model.state_dict().items()}))
+            count += len(ids)
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
     return ShardResult(task.shard, states, count)
 
 
@@ -266,13 +296,18 @@ class SISAModel:
     """
 
     def __init__(self, factory: Callable[[], nn.Module], config: SISAConfig | None = None, seed: int = 0,
-                 executor: Callable[[Sequence[ShardTask]], Sequence[ShardResult]] | None = None):
+                 executor: str | Callable[[Sequence[ShardTask]], Sequence[ShardResult]] | None = None):
         self.factory = factory
         self.config = config or SISAConfig()
         if self.config.aggregation not in ("vote", "softmax"):
             raise EraseError(f"unknown SISA aggregation {self.config.aggregation!r}; use vote or softmax")
         self.seed = int(seed)
-        self.executor = executor or serial_executor
+        if isinstance(executor, str):  # a name overrides the config's (e.g. to load a folder saved with ray)
+            self.config = dataclasses.replace(self.config, executor=executor)
+            executor = None
+        cfg = self.config
+        self.executor = executor or make_executor(cfg.executor, cfg.workers, cfg.ray_address, cfg.ray_num_cpus,
+                                                  cfg.ray_connect_timeout)
         self.models: list[nn.Module | None] = []
         self.store = _CheckpointStore(self.config.checkpoint_dir)
         self.folder: Path | None = None  # the SISA folder this model was loaded from / saved to
@@ -324,6 +359,7 @@ class SISAModel:
             shard=s, start=start, factory=self.factory, seed=self.seed,
             train=TrainConfig(epochs=cfg.epochs_per_slice, lr=cfg.lr, batch_size=cfg.batch_size),
             init_state=self.store.get(s, start - 1) if start > 0 else None, steps=steps,
+            threads=cfg.threads or torch.get_num_threads(),
         )
 
     def _run(self, starts: dict[int, int]) -> int:
@@ -362,7 +398,10 @@ class SISAModel:
 
     @classmethod
     def load(cls, folder, executor=None) -> "SISAModel":
-        """Reopen a folder written by :meth:`save` (checked: format version, files, hashes)."""
+        """Reopen a folder written by :meth:`save` (checked: format version, files, hashes).
+
+        ``executor``: a name (``serial``, ``process``, ``ray``) overriding the saved config's, or a callable.
+        """
         from erase.classifier.sisa_store import load_sisa
 
         return load_sisa(folder, executor=executor)
