@@ -36,6 +36,7 @@ from erase.classifier.linear import LinearModel, fit_linear
 from erase.classifier.pru import PRUConfig, prepare, pru_delete
 from erase.classifier.retrain import RetrainConfig, retrain
 from erase.classifier.salun import SalUnConfig, salun
+from erase.classifier.executors import EXECUTORS, make_executor
 from erase.classifier.sisa import SISAConfig, SISAModel
 from erase.errors import EraseError
 
@@ -54,6 +55,8 @@ __all__ = [
     "DATASETS",
     "SISAModel",
     "SISAConfig",
+    "EXECUTORS",
+    "make_executor",
     "LinearModel",
     "fit_linear",
 ]
