@@ -42,6 +42,15 @@ def _train_shard(task):
     return train_shard(task)
 
 
+def _train_pickled(blob: bytes) -> bytes:
+    """A process-pool worker's job: tasks and results travel as plain pickles, tensors by value.
+
+    (multiprocessing's own pickler would move every tensor to shared memory and pass one file
+    descriptor per tensor, which runs out of descriptors for S x R state dicts of a large model.)
+    """
+    return pickle.dumps(_train_shard(pickle.loads(blob)), protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def _factory_name(factory) -> str:
     return getattr(factory, "__qualname__", None) or type(factory).__name__
 
@@ -88,8 +97,9 @@ class ProcessExecutor:
         if not tasks:
             return []
         _check_picklable(tasks, self.name, pickle.dumps)
+        blobs = [pickle.dumps(t, protocol=pickle.HIGHEST_PROTOCOL) for t in tasks]
         try:
-            return list(self._get_pool().map(_train_shard, tasks))
+            return [pickle.loads(b) for b in self._get_pool().map(_train_pickled, blobs)]
         except BrokenProcessPool:
             self.close()
             raise EraseError("a SISA worker process died: out of memory, killed, or it re-ran a script that lacks an "
