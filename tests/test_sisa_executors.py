@@ -159,3 +159,11 @@ def test_ray_not_installed_names_the_fix(monkeypatch):
 def test_bad_executor_settings(options, message):
     with pytest.raises(EraseError, match=message):
         SISAConfig(**options)
+
+
+def test_projection_and_suite_registration():
+    from erase.benchmarks import SUITES
+    from erase.classifier.executors import projected_seconds
+
+    assert "sisa" in SUITES
+    assert projected_seconds(20, 8, 1.0, 0.5) == 3.5 and projected_seconds(20, 1, 0.25) == 5.0
