@@ -38,9 +38,17 @@ def serial(digits):
     return fitted, (m.state_dict(), m.predict_proba(Xt)), ids, stats
 
 
+def _ray_or_skip():
+    try:
+        import ray
+    except ImportError:  # not installed, or a broken install
+        pytest.skip("Ray is not installed (pip install 'erase[ray]')")
+    return ray
+
+
 @pytest.fixture(scope="module")
 def ray_local():
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'erase[ray]')")
+    ray = _ray_or_skip()
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
@@ -126,7 +134,7 @@ def _closed_port() -> int:
 
 @pytest.mark.parametrize("scheme", ["", "ray://"])
 def test_a_ray_address_that_does_not_answer(digits, monkeypatch, scheme):
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'erase[ray]')")
+    ray = _ray_or_skip()
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process, even if a fixture started one
     X, y, _ = digits
     address = f"{scheme}127.0.0.1:{_closed_port()}"
