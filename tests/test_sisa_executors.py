@@ -144,6 +144,48 @@ def test_a_ray_address_that_does_not_answer(digits, monkeypatch, scheme):
     assert "\n" not in str(e.value)
 
 
+def test_a_port_held_by_something_else_is_not_taken_for_ray(digits, monkeypatch):
+    ray = _ray_or_skip()
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    X, y, _ = digits
+    with socket.socket() as silent:  # accepts connections, never says a word (ray.init would retry for minutes)
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        cfg = SISAConfig(**BASE, executor="ray", ray_address=address, ray_connect_timeout=1)
+        with pytest.raises(EraseError, match=f"something listens at {address} but it does not answer as a Ray cluster"):
+            SISAModel(mlp_factory(64, 10), cfg).fit(X, y)
+
+
+_CHILD = """
+import sys, numpy as np
+from safetensors.torch import save_file
+from erase.classifier.data import load_dataset
+from erase.classifier.models import mlp_factory
+from erase.classifier.sisa import SISAConfig, SISAModel
+d = load_dataset("digits", seed=0)
+cfg = SISAConfig(**{base!r}, executor="ray", ray_address={address!r}, threads={threads})
+m = SISAModel(mlp_factory(64, 10), cfg, seed=5).fit(d.X_train[:{n}], d.y_train[:{n}])
+save_file(m.state_dict(), sys.argv[1])
+"""
+
+
+def test_a_second_driver_connects_to_a_running_cluster_by_address(ray_local, serial, tmp_path):
+    """ray_address='host:port' from a fresh process, against the instance the fixture started."""
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    address = ray_local.get_runtime_context().gcs_address
+    out = tmp_path / "weights.safetensors"
+    code = _CHILD.format(base=BASE, address=address, n=N, threads=torch.get_num_threads())  # the serial run's count
+    p = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = load_file(str(out))
+    want = serial[0][0]
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
 def test_ray_not_installed_names_the_fix(monkeypatch):
     import erase.classifier.executors as ex
 

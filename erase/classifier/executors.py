@@ -147,19 +147,41 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return parts.hostname, port
 
 
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
+
+
 def _probe(address: str, timeout: float) -> None:
-    """Fail fast, with the address in the message, when nothing listens there."""
+    """Fail fast, with the address in the message, when no Ray cluster answers there.
+
+    A TCP connect catches a closed port or an unreachable host; then, since Ray's GCS and its
+    client server speak gRPC, an HTTP/2 preface must be answered by a SETTINGS frame (a port
+    held by something else would make ``ray.init`` retry for minutes). Skipped under TLS.
+    """
     host, port = _host_port(address)
+    hint = ("check that `ray start --head` runs there, the host and port (GCS port, default 6379; ray:// client "
+            "port, default 10001) and the firewall, or set ray_address to null for a local instance")
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
+        sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as e:
         why = f"no answer within {timeout:g} s" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__).lower()
-        raise EraseError(
-            f"no Ray cluster answers at {address} ({why}): check that `ray start --head` runs "
-            f"there, the host and port (GCS port, default 6379; ray:// client port, default 10001) and the firewall, "
-            f"or set ray_address to null for a local instance"
-        ) from None
+        raise EraseError(f"no Ray cluster answers at {address} ({why}): {hint}") from None
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        sock.close()
+        return
+    with sock:
+        reply = b""
+        try:
+            sock.sendall(_HTTP2_PREFACE)
+            while len(reply) < 9:
+                chunk = sock.recv(9 - len(reply))
+                if not chunk:
+                    break
+                reply += chunk
+        except OSError:
+            pass
+    if len(reply) < 9 or reply[3] != 0x04:
+        raise EraseError(f"something listens at {address} but it does not answer as a Ray cluster (no gRPC reply "
+                         f"within {timeout:g} s): {hint}")
 
 
 class RayExecutor:
