@@ -12,7 +12,8 @@ and slice; torch's thread count fixed by the task), so every executor gives the 
   None starts a local Ray instance (or attaches to one this process already started, or the
   one ``RAY_ADDRESS`` names); ``"auto"`` attaches to the cluster started on this machine with
   ``ray start``; ``"host:port"`` (the head's GCS port) or ``"ray://host:port"`` (Ray Client)
-  connects to a cluster. The factory is serialised with cloudpickle.
+  connects to a cluster. If this process has already called ``ray.init``, that connection is
+  used whatever ``ray_address`` says. The factory is serialised with cloudpickle.
 
 Checkpoints are read and written by the driver (this process) only: a task carries the
 checkpoint it resumes from and returns the state dicts it produced, so workers need no shared
