@@ -116,9 +116,24 @@ def _edit_pairs(tokenizer, prompt: str, concept: str, anchor: str, mode: str) ->
     return chosen, target, anchor_prompt(prompt, concept, anchor)
 
 
+@dataclass
+class EditProblem:
+    """UCE's least-squares data (float64 rows): erase vectors ``c_e`` with their targets
+    ``c_star`` (the anchor's embeddings at the aligned positions) and preserve vectors ``c_p``;
+    the erase rows come from ``prompts`` (naming ``concept_of``) at ``positions``, in order."""
+
+    c_e: torch.Tensor
+    c_star: torch.Tensor
+    c_p: torch.Tensor
+    stats: dict
+    prompts: list[str]
+    concept_of: list[str]
+    positions: list[list[int]]
+
+
 @torch.no_grad()
-def edit_matrix(job, cfg: UCEConfig) -> tuple[torch.Tensor, dict]:
-    """M (d×d, float64) with W_new = W_old · M for every edited projection, and statistics."""
+def edit_problem(job, cfg: UCEConfig) -> EditProblem:
+    """The erase pairs and preserve vectors of ``job``'s concepts (see the module docstring)."""
     tok = job.pipe.tokenizer
     erased = job.concepts
     source = job.prompts
@@ -139,11 +154,12 @@ def edit_matrix(job, cfg: UCEConfig) -> tuple[torch.Tensor, dict]:
             raise EraseError(f"preserve concept {p!r} cannot be placed by the tokenizer: {e}") from None
 
     # Erase pairs: (concept prompt, positions) -> (anchor prompt, aligned positions).
-    prompts, anchor_prompts, src_pos, dst_pos = [], [], [], []
+    prompts, concept_of, anchor_prompts, src_pos, dst_pos = [], [], [], [], []
     for c in erased:
         for prompt in source.context_prompts(c):
             chosen, target, a_prompt = _edit_pairs(tok, prompt, c, anchors[c], cfg.token_positions)
             prompts.append(prompt)
+            concept_of.append(c)
             anchor_prompts.append(a_prompt)
             src_pos.append(chosen)
             dst_pos.append(target)
@@ -157,39 +173,65 @@ def edit_matrix(job, cfg: UCEConfig) -> tuple[torch.Tensor, dict]:
     keep_prompts = ["", *source.preserve_prompts(preserve, erased)]
     keep_emb, keep_ids = encode_prompts(job.pipe, keep_prompts)
     c_p = torch.cat([keep_emb.reshape(-1, keep_emb.shape[-1]), *before]).double()
+    stats = {
+        "erase_prompts": len(prompts), "erase_vectors": int(c_e.shape[0]),
+        "preserve_prompts": len(keep_prompts), "preserve_vectors": int(c_p.shape[0]),
+        "preserve_concepts": preserve, "anchors": anchors,
+    }
+    return EditProblem(c_e, c_star, c_p, stats, prompts, concept_of, src_pos)
 
+
+def solve(c_e: torch.Tensor, c_star: torch.Tensor, c_p: torch.Tensor, cfg: UCEConfig) -> torch.Tensor:
+    """M (d×d, float64) with W_new = W_old · M, the ridge solution of the module docstring."""
     d = c_e.shape[1]
     eye = torch.eye(d, dtype=torch.float64)
     p_cov = c_p.T @ c_p
     num = cfg.erase_scale * (c_star.T @ c_e) + cfg.preserve_scale * p_cov + cfg.lamb * eye
     den = cfg.erase_scale * (c_e.T @ c_e) + cfg.preserve_scale * p_cov + cfg.lamb * eye
-    m = torch.linalg.solve(den.T, num.T).T  # num · den⁻¹ (den is symmetric positive definite)
-    stats = {
-        "erase_prompts": len(prompts), "erase_vectors": int(c_e.shape[0]),
-        "preserve_prompts": len(keep_prompts), "preserve_vectors": int(c_p.shape[0]),
-        "preserve_concepts": preserve, "anchors": anchors,
-        "erase_residual": float((c_e @ m.T - c_star).norm() / c_star.norm()),
-        "preserve_residual": float((c_p @ m.T - c_p).norm() / c_p.norm()),
+    return torch.linalg.solve(den.T, num.T).T  # num · den⁻¹ (den is symmetric positive definite)
+
+
+def residuals(problem: EditProblem, m: torch.Tensor) -> dict:
+    """How far the edit is from mapping every erase vector to its target and keeping every preserved one."""
+    return {
+        "erase_residual": float((problem.c_e @ m.T - problem.c_star).norm() / problem.c_star.norm()),
+        "preserve_residual": float((problem.c_p @ m.T - problem.c_p).norm() / problem.c_p.norm()),
     }
-    return m, stats
+
+
+def edit_matrix(job, cfg: UCEConfig) -> tuple[torch.Tensor, dict]:
+    """M (d×d, float64) with W_new = W_old · M for every edited projection, and statistics."""
+    problem = edit_problem(job, cfg)
+    m = solve(problem.c_e, problem.c_star, problem.c_p, cfg)
+    return m, {**problem.stats, **residuals(problem, m)}
+
+
+def edited_projections(unet, edit_keys: bool = True) -> dict[str, torch.nn.Module]:
+    """The cross-attention projections UCE edits (``attn2.to_v``, and ``to_k`` if ``edit_keys``)."""
+    names = ("to_k", "to_v") if edit_keys else ("to_v",)
+    found = {name: module for name, module in unet.named_modules()
+             if ".attn2." in f".{name}." and name.rsplit(".", 1)[-1] in names}
+    if not found:
+        raise EraseError("this UNet has no cross-attention key/value projections (attn2.to_k / to_v) to edit")
+    return found
+
+
+@torch.no_grad()
+def apply_matrix(projections: dict, m: torch.Tensor) -> None:
+    """W ← W · M for every projection."""
+    for module in projections.values():
+        w = module.weight
+        w.copy_((w.double() @ m).to(w.dtype))
 
 
 def run(job, cfg: UCEConfig) -> dict:
     start = time.perf_counter()
     m, stats = edit_matrix(job, cfg)
-    names = ("to_k", "to_v") if cfg.edit_keys else ("to_v",)
-    edited = 0
-    with torch.no_grad():
-        for name, module in job.unet.named_modules():
-            if ".attn2." in f".{name}." and name.rsplit(".", 1)[-1] in names:
-                w = module.weight
-                w.copy_((w.double() @ m).to(w.dtype))
-                edited += 1
-    if not edited:
-        raise EraseError("this UNet has no cross-attention key/value projections (attn2.to_k / to_v) to edit")
+    projections = edited_projections(job.unet, cfg.edit_keys)
+    apply_matrix(projections, m)
     if job.progress is not None:
         job.progress(1, 1, {"phase": "uce"})
-    return {**stats, "edited_projections": edited, "edit_seconds": time.perf_counter() - start}
+    return {**stats, "edited_projections": len(projections), "edit_seconds": time.perf_counter() - start}
 
 
 register(
