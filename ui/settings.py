@@ -20,6 +20,7 @@ MAIN = {
     "esd": ("train_method", "iterations", "lr", "negative_guidance"),
     "uce": ("anchor", "preserve", "token_positions", "preserve_scale", "erase_scale"),
     "advunlearn": ("scope", "iterations", "lr", "attack_steps", "retain_on"),
+    "rece": ("epochs", "adversary", "preserve_scale", "erase_scale"),
 }
 
 

@@ -24,9 +24,9 @@ import time
 from erase.benchmarks.toyworld import BASE, CACHE_DIR, Cells, _method_hash, _pct, peak_rss
 
 CONCEPTS = ("square", "red", "striped")  # one shape, one colour, one style
-ROBUST = "advunlearn"
+ROBUST = "rece"
 ATTACKS = ("ti", "prompt", "relapse")
-METHOD_ORDER = ("advunlearn", "uce", "esd", "salun", "fmn")
+METHOD_ORDER = ("rece", "advunlearn", "uce", "esd", "salun", "fmn")
 SCORE_SEED = 0
 
 
