@@ -13,7 +13,10 @@ when everything is written:
     OUT/grid_retain.png      before/after for unrelated prompts
     OUT/summary.json         settings, time, peak memory, the method's statistics
 
-A jobs file (YAML) runs many: ``{defaults: {...}, jobs: [{concepts: [...], out: DIR, ...}]}``.
+A jobs file (YAML) runs many: ``{defaults: {...}, jobs: [{concepts: [...], out: DIR, ...}]}``, one
+after another, and writes a combined summary of them (``--jobs-summary``). Under
+``accelerate launch --multi_gpu --num_processes N`` each job runs on one of the N processes
+(erase.fanout).
 """
 
 from __future__ import annotations
@@ -275,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--apply", metavar="FILE", help="skip training: take the erasure from a delta, a partial UNet state dict "
                    "(ESD's / UCE's scripts) or a LoRA file, check it against --model and write the other exports")
     p.add_argument("--jobs", help="YAML jobs file: {defaults: {...}, jobs: [{concepts: [...], out: DIR, ...}]}")
+    p.add_argument("--jobs-summary", metavar="PATH", help="with --jobs: where to write the combined summary of all jobs "
+                   "(default: <first job's out parent>/<jobs file stem>-summary.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -282,28 +287,65 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import os
 
+    from erase import fanout
+
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # library chatter would bury the progress bars
     args = build_parser().parse_args(argv)
+    distributed = fanout.launched_processes() > 1  # accelerate launch --num_processes N: see erase.fanout
     try:
+        if distributed:
+            fanout.start()
         if args.jobs:
             if args.concept:
                 raise EraseError("give either --jobs or --concept, not both")
             jobs = read_jobs(args.jobs)
         else:
+            if args.jobs_summary:
+                raise EraseError("--jobs-summary goes with --jobs")
             jobs = [{
                 "concepts": args.concept, "method": args.method, "model": args.model, "model_config": args.model_config,
                 "config": args.config, "set": parse_sets(args.set), "out": args.out, "overwrite": args.overwrite,
                 "seeds": args.seeds, "exports": args.exports, "grid_steps": args.grid_steps,
                 "lora_rank": args.lora_rank, "apply": args.apply, "score": args.score,
             }]
-        for i, job in enumerate(jobs):
-            summary = run_job(job, progress=not args.no_progress)
-            how = f"from {job['apply']}" if job.get("apply") else f"in {summary['erase_seconds']:.1f} s"
-            print(f"[{i + 1}/{len(jobs)}] erased {', '.join(summary['concepts'])} with {summary['method']} {how} -> {job['out']}")
+        if distributed:
+            status = fanout.run_distributed(jobs, run_job, jobs_file=args.jobs, summary_path=args.jobs_summary,
+                                            progress=not args.no_progress, single=not args.jobs)
+            return fanout.finish(status)
+        fanout.check_jobs(jobs)
+        run_jobs(jobs, progress=not args.no_progress,
+                 summary_path=(args.jobs_summary or fanout.default_summary_path(args.jobs, jobs)) if args.jobs else None,
+                 jobs_file=args.jobs)
     except EraseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        if fanout.is_main():
+            print(f"error: {e}", file=sys.stderr)
+        return fanout.finish(2)
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
     return 0
+
+
+def run_jobs(jobs: list[dict], *, progress: bool = True, summary_path: str | Path | None = None,
+             jobs_file: str | Path | None = None) -> None:
+    """One process: the jobs one after another, a line each; the first failing job stops the run
+    (its EraseError propagates). With ``summary_path``, the combined summary of the jobs run (and
+    the failed one) is written there, as a multi-process run writes it."""
+    from erase import fanout
+
+    records, began = [], time.perf_counter()
+    try:
+        for i, job in enumerate(jobs):
+            try:
+                summary = run_job(job, progress=progress)
+            except EraseError as e:
+                records.append(fanout.record(i, job, error=str(e)))
+                raise
+            records.append(fanout.record(i, job, summary=json.loads(json.dumps(summary, default=str))))
+            print(fanout.job_line(i, len(jobs), job, summary))
+    finally:
+        if summary_path is not None and records and (len(records) == len(jobs) or records[-1]["status"] == "error"):
+            records += [fanout.record(i, job, status="not run") for i, job in enumerate(jobs) if i >= len(records)]
+            fanout.write_jobs_summary(summary_path, records, jobs_file=str(jobs_file), processes=1,
+                                      distributed_type="NO", wall_seconds=time.perf_counter() - began,
+                                      failed=sum(r["status"] == "error" for r in records))
