@@ -150,17 +150,20 @@ def record(i: int, job: dict, *, summary: dict | None = None, error: str | None 
 def write_jobs_summary(path: str | Path, records: list[dict], **info) -> Path:
     """The combined summary, written atomically (temporary file beside it, then renamed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {**info, "jobs": sorted(records, key=lambda r: r["job"])}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2, default=str))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(data, indent=2, default=str))
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as e:
+        raise EraseError(f"cannot write the jobs summary {path}: {e.strerror or e}") from None
     return path
 
 
@@ -274,7 +277,11 @@ def run_distributed(jobs: list[dict], run_job, *, jobs_file: str | Path | None, 
             else:
                 print(error_line(r["job"] - 1, job, r["error"]), file=sys.stderr)
         if summary_path is not None:
-            write_jobs_summary(summary_path, gathered, jobs_file=str(jobs_file), processes=n,
-                               distributed_type=getattr(state.distributed_type, "value", str(state.distributed_type)), wall_seconds=time.perf_counter() - began,
-                               failed=len(failed))
+            kind = getattr(state.distributed_type, "value", str(state.distributed_type))
+            try:
+                write_jobs_summary(summary_path, gathered, jobs_file=str(jobs_file), processes=n, distributed_type=kind,
+                                   wall_seconds=time.perf_counter() - began, failed=len(failed))
+            except EraseError as e:  # only process 0 writes: report here, the others are already waiting in finish
+                print(f"error: {e}", file=sys.stderr)
+                return 2
     return 2 if failed else 0

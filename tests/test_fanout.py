@@ -89,6 +89,18 @@ def test_checks_before_any_work(tmp_path):
     assert default_summary_path(tmp_path / "cfg" / "sweep.yaml", jobs) == tmp_path / "sweep-summary.json"
 
 
+def test_jobs_summary_is_written_atomically(tmp_path):
+    from erase.errors import EraseError
+    from erase.fanout import write_jobs_summary
+
+    path = write_jobs_summary(tmp_path / "s" / "sum.json", [{"job": 2}, {"job": 1}], processes=2)
+    assert json.loads(path.read_text()) == {"processes": 2, "jobs": [{"job": 1}, {"job": 2}]}
+    (tmp_path / "file").write_text("")
+    with pytest.raises(EraseError, match="cannot write the jobs summary"):
+        write_jobs_summary(tmp_path / "file" / "sum.json", [])
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["sum.json"]
+
+
 def test_single_process_jobs_summary_and_duplicate_outs(tiny_folder, tmp_path, capsys):
     from erase.cli import main
 
