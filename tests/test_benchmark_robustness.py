@@ -20,4 +20,4 @@ def test_render_shows_finished_cells_and_names_the_missing(tmp_path):
     assert uce == ["| uce | 0 | square | 100 | 99 | 97 | 90 | 0 | 100 | 100 | 0 | 12 |"]
     assert not any(line.startswith("| esd |") for line in table.splitlines())
     missing = table.split("Not measured yet", 1)[1]
-    assert "esd (seed 0) square" in missing and "rece (seed 1) striped" in missing and "uce (seed 0) square" not in missing
+    assert "esd (seed 0) square" in missing and "rece (seed 1) striped" in missing and "advunlearn (seed 1) red" in missing and "uce (seed 0) square" not in missing
