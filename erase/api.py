@@ -192,7 +192,7 @@ def erase_concepts(
     images: Mapping[str, Sequence] | None = None,
     inplace: bool = True,
 ) -> ErasureResult:
-    """Erase ``concepts`` from ``pipe`` with ``method`` ('fmn' or 'salun').
+    """Erase ``concepts`` from ``pipe`` with ``method`` (a name of erase.methods.available(); default: the recommended one).
 
     ``config``: the method's config dataclass, a dict of overrides, a YAML file, or None.
     ``images``: optional user images per concept; without them the data comes from the model.
