@@ -117,7 +117,7 @@ def test_a_folder_saved_with_ray_loads_without_it(digits, tmp_path, monkeypatch)
     model = SISAModel(mlp_factory(64, 10), SISAConfig(shards=2, slices=1, epochs_per_slice=1), seed=1).fit(X[:60], y[:60])
     model.config = dataclasses.replace(model.config, executor="ray")  # as if trained on a cluster
     model.save(tmp_path / "sisa")
-    monkeypatch.setitem(sys.modules, "ray", None)
+    # not sys.modules['ray'] = None: a Ray instance another test started may still be running, and its threads import
     monkeypatch.setattr(ex, "ray_available", lambda: False)
     with pytest.raises(EraseError, match=r"pip install 'erase\[ray\]' \(or use executor serial or process\)"):
         SISAModel.load(tmp_path / "sisa")
@@ -189,7 +189,10 @@ def test_a_second_driver_connects_to_a_running_cluster_by_address(ray_local, ser
 def test_ray_not_installed_names_the_fix(monkeypatch):
     import erase.classifier.executors as ex
 
-    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    def no_ray():
+        raise ImportError("No module named 'ray'")
+
+    monkeypatch.setattr(ex, "_load_ray", no_ray)  # import ray -> ImportError, for this module only
     monkeypatch.setattr(ex, "ray_available", lambda: False)
     with pytest.raises(EraseError, match=r"needs Ray, which is not installed here: pip install 'erase\[ray\]'"):
         SISAModel(mlp_factory(64, 10), SISAConfig(executor="ray"))

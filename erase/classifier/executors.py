@@ -118,9 +118,15 @@ def ray_available() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
+def _load_ray():
+    import ray
+
+    return ray
+
+
 def _import_ray():
     try:
-        import ray
+        ray = _load_ray()
     except ImportError:
         raise EraseError(f"SISA executor 'ray' needs Ray, which is not installed here: {RAY_FIX}") from None
     return ray
