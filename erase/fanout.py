@@ -36,7 +36,6 @@ import json
 import os
 import socket
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -151,17 +150,11 @@ def write_jobs_summary(path: str | Path, records: list[dict], **info) -> Path:
     """The combined summary, written atomically (temporary file beside it, then renamed)."""
     path = Path(path)
     data = {**info, "jobs": sorted(records, key=lambda r: r["job"])}
+    from erase.export import atomic_path
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(data, indent=2, default=str))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(data, indent=2, default=str))
     except OSError as e:
         raise EraseError(f"cannot write the jobs summary {path}: {e.strerror or e}") from None
     return path
