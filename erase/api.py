@@ -198,6 +198,10 @@ def erase_concepts(
     ``images``: optional user images per concept; without them the data comes from the model.
     ``progress(done, total, info)`` is called through data generation and training; raise
     ``erase.training.Cancelled`` from it to stop (the UNet is then restored).
+
+    Under ``accelerate launch`` with N > 1 processes (once accelerate's ``PartialState()`` has
+    joined them), call it in every process: the fine-tuning methods then split each batch across
+    the processes and every process returns the same result (erase.distributed).
     """
     from accelerate.utils import set_seed
 
@@ -215,6 +219,8 @@ def erase_concepts(
     job = ErasureJob(pipe=pipe, concepts=concepts, prompts=prompt_source_for(pipe, cfg.templates),
                      mixed_precision=mp, progress=progress, images=images)
     job.concept_items()  # every concept must be placeable in its prompts before any work starts
+    for setting, n in cfg.split_items().items():  # data-parallel: every process needs a share of each batch
+        job.shard.require(n, setting)
     scope = cfg.parameter_scope()
     # a text encoder kept in half precision (a GPU's frozen parts) trains in fp32 and goes back after
     half_encoder = pipe.text_encoder.dtype if scope_component(scope) == "text_encoder" and pipe.text_encoder.dtype != torch.float32 else None
@@ -248,6 +254,8 @@ def erase_concepts(
         pipe.text_encoder.to(half_encoder)
     mask = stats.pop("mask", None)
     stats.update(seconds=seconds, changed_tensors=len(changed), changed_parameters=sum(t.numel() for t in changed.values()))
+    if job.shard.active:
+        stats["data_parallel_processes"] = job.shard.world
     info = getattr(pipe, "erase_info", None)
     result = ErasureResult(
         method=spec.name, concepts=concepts, base_model=info.source if info else "unknown",

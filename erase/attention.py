@@ -84,10 +84,14 @@ class AttentionRecorder:
 
     def norm(self) -> torch.Tensor:
         """Frobenius norm (not squared) of all recorded probabilities, over every layer."""
+        return self.squared_norm().sqrt()
+
+    def squared_norm(self) -> torch.Tensor:
+        """The square of ``norm()``: a sum over items, so data-parallel shares add up."""
         squares = [r.float().pow(2).sum() for rs in self.records.values() for r in rs]
         if not squares:
             raise RuntimeError("nothing was recorded: did the UNet run inside record_cross_attention()?")
-        return torch.stack(squares).sum().sqrt()
+        return torch.stack(squares).sum()
 
     def mass(self) -> float:
         """Mean attention mass the watched tokens receive (summed over them), over all records."""

@@ -15,8 +15,9 @@ when everything is written:
 
 A jobs file (YAML) runs many: ``{defaults: {...}, jobs: [{concepts: [...], out: DIR, ...}]}``, one
 after another, and writes a combined summary of them (``--jobs-summary``). Under
-``accelerate launch --multi_gpu --num_processes N`` each job runs on one of the N processes
-(erase.fanout).
+``accelerate launch --multi_gpu --num_processes N`` each job of a jobs file runs on one of the N
+processes (erase.fanout), and a single ``--concept`` job runs on all N data-parallel, each
+process taking a share of every batch (erase.distributed); process 0 writes.
 """
 
 from __future__ import annotations
@@ -112,8 +113,9 @@ def comparison_grids(pipe, result, concepts, seeds, steps: int | None = None) ->
     return grids
 
 
-def run_job(job: dict, *, progress: bool = True) -> dict:
-    """Run one erasure job (a dict with the CLI's settings); returns its summary."""
+def run_job(job: dict, *, progress: bool = True, write: bool = True) -> dict:
+    """Run one erasure job (a dict with the CLI's settings); returns its summary. ``write``
+    false (the other processes of a data-parallel run): erase, but score and write nothing."""
     import torch
 
     from erase import methods
@@ -180,6 +182,8 @@ def run_job(job: dict, *, progress: bool = True) -> dict:
         finally:
             bar.close()
     erase_seconds = result.stats.get("seconds", 0.0)
+    if not write:
+        return {"concepts": result.concepts, "method": result.method, "erase_seconds": erase_seconds}
     memory = peak_memory()
     scores = None
     if job.get("score"):  # the judge's UA / IRA / CRA of the erased model, into the summary and the model cards
@@ -308,9 +312,11 @@ def main(argv: list[str] | None = None) -> int:
                 "seeds": args.seeds, "exports": args.exports, "grid_steps": args.grid_steps,
                 "lora_rank": args.lora_rank, "apply": args.apply, "score": args.score,
             }]
+        if distributed and not args.jobs:  # one job, every process on it: data-parallel (erase.distributed)
+            return fanout.finish(fanout.run_data_parallel(jobs[0], run_job, progress=not args.no_progress))
         if distributed:
             status = fanout.run_distributed(jobs, run_job, jobs_file=args.jobs, summary_path=args.jobs_summary,
-                                            progress=not args.no_progress, single=not args.jobs)
+                                            progress=not args.no_progress)
             return fanout.finish(status)
         fanout.check_jobs(jobs)
         run_jobs(jobs, progress=not args.no_progress,

@@ -56,23 +56,34 @@ def generate_latents(
     seed: int = 0,
     batch_size: int = 8,
     progress=None,
+    shard=None,
 ) -> tuple[torch.Tensor, list[str]]:
-    """Generate ``n`` latents with the base model, cycling through ``prompts``. Seeded."""
+    """Generate ``n`` latents with the base model, cycling through ``prompts``. Seeded per image,
+    so the batches can be made by different processes (``shard``: erase.distributed) and gathered."""
+    from erase.distributed import Shard
+
     if n < 1:
         raise EraseError(f"number of generated images must be >= 1, got {n}")
     if not prompts:
         raise EraseError("no prompts to generate training images from")
+    shard = shard or Shard()
     chosen = [prompts[i % len(prompts)] for i in range(n)]
-    out = []
-    for start in range(0, n, batch_size):
+    starts = list(range(0, n, batch_size))
+    mine = sum(min(batch_size, n - starts[b]) for b in range(shard.rank, len(starts), shard.world))
+    done = [0]
+
+    def make(b: int) -> torch.Tensor:
+        start = starts[b]
         part = chosen[start : start + batch_size]
         gens = [torch.Generator("cpu").manual_seed(seed * 100003 + start + i) for i in range(len(part))]
         with sampling_autocast(pipe):
             lat = pipe(part, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens, output_type="latent").images
-        out.append(lat.float())
+        done[0] += len(part)
         if progress is not None:
-            progress(min(start + batch_size, n), n, {"phase": "generate"})
-    return torch.cat(out), chosen
+            progress(done[0], mine, {"phase": "generate"})
+        return lat.float()
+
+    return torch.cat(shard.gather(len(starts), make)), chosen
 
 
 def square_crop(img, size: int):

@@ -15,15 +15,17 @@ forever at the gather; process 0 reports it as ``error: job N (concepts ...): me
 (the other processes with 0, see ``finish``; the launcher then exits non-zero and adds its own
 failure report). Checked in every process before any work (same answer everywhere,
 printed once by process 0): more processes than jobs, and two jobs writing the same ``out``.
-A single ``--concept`` run is one job and is refused with more than one process.
 
 The gather waits on a gloo group with a long timeout (``GATHER_TIMEOUT``), not the default 30
 minutes, because processes finish their shares at different times. A process that dies (killed,
 out of memory) makes the launcher stop the others; the jobs already written stay written.
 
-Not here (a later change): all processes working on one job at a time (data-parallel
-fine-tuning inside the methods), which would suit one large job; with this split, a jobs file
-with fewer jobs than processes leaves processes idle, so it is refused.
+One ``--concept`` job under a launch is the other way round: every process works on it
+(``run_data_parallel``; the methods split each batch across the processes, erase.distributed)
+and process 0 writes its exports. A jobs file is split by job, not by batch: measured on this
+CPU for small jobs (BENCHMARKS.md), a job per process is faster, because a data-parallel step
+waits for every process and small batches leave little to split. A jobs file with fewer jobs
+than processes would leave processes idle, so it is refused.
 
 One process (plain ``python scripts/erase.py``) does not come here: erase.cli runs the jobs one
 after another as before (first failing job stops the run) and also writes the combined summary.
@@ -40,6 +42,7 @@ import time
 import traceback
 from pathlib import Path
 
+from erase.distributed import single_process
 from erase.errors import EraseError
 
 GATHER_TIMEOUT = datetime.timedelta(days=7)
@@ -47,7 +50,7 @@ _WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_
 
 __all__ = [
     "launched_processes", "jobs_for", "assignment", "check_jobs", "default_summary_path", "describe", "job_line",
-    "write_jobs_summary", "record", "start", "is_main", "finish", "run_distributed",
+    "write_jobs_summary", "record", "start", "is_main", "finish", "run_distributed", "run_data_parallel",
 ]
 
 _session: dict = {}
@@ -90,7 +93,7 @@ def describe(job: dict) -> str:
     return f"apply {job['apply']}" if job.get("apply") else "no concepts"
 
 
-def check_jobs(jobs: list[dict], num_processes: int = 1, *, single: bool = False) -> None:
+def check_jobs(jobs: list[dict], num_processes: int = 1) -> None:
     """Bad input found before any work: two jobs with one output folder; more processes than jobs."""
     seen: dict[Path, int] = {}
     for i, job in enumerate(jobs):
@@ -101,9 +104,6 @@ def check_jobs(jobs: list[dict], num_processes: int = 1, *, single: bool = False
             raise EraseError(f"jobs {seen[key] + 1} and {i + 1} both write {job['out']}: give each job its own 'out' folder")
         seen[key] = i
     if num_processes > len(jobs):
-        if single:
-            raise EraseError(f"a --concept run is one job but {num_processes} processes were launched: "
-                             "launch with --num_processes 1, or give several jobs in a --jobs file")
         raise EraseError(f"{num_processes} processes but only {len(jobs)} job{'s' if len(jobs) != 1 else ''}: "
                          f"launch with --num_processes {len(jobs)} or fewer (each job runs on one process)")
 
@@ -239,20 +239,21 @@ def _gather(records: list[dict], num_processes: int) -> list[dict]:
 
 
 def run_distributed(jobs: list[dict], run_job, *, jobs_file: str | Path | None, summary_path: str | Path | None,
-                    progress: bool = True, single: bool = False) -> int:
+                    progress: bool = True) -> int:
     """Run this process's share of ``jobs`` with ``run_job(job, progress=...)``, gather on process
     0, report and write the combined summary there; returns the exit status (0, or 2 if any failed).
     Raises EraseError (the same in every process) for bad input found before any work."""
     state = start()
     n, k = state.num_processes, state.process_index
-    check_jobs(jobs, n, single=single)
+    check_jobs(jobs, n)
     if jobs_file is not None and summary_path is None:
         summary_path = default_summary_path(jobs_file, jobs)
     began = time.perf_counter()
     records = []
     for i in jobs_for(k, n, len(jobs)):
         try:
-            summary = run_job(jobs[i], progress=progress and state.is_main_process)
+            with single_process():  # this job is this process's alone: no data-parallel split
+                summary = run_job(jobs[i], progress=progress and state.is_main_process)
             summary = json.loads(json.dumps(summary, default=str))
             records.append(record(i, jobs[i], summary=summary, process=k))
         except EraseError as e:
@@ -278,3 +279,23 @@ def run_distributed(jobs: list[dict], run_job, *, jobs_file: str | Path | None, 
                 print(f"error: {e}", file=sys.stderr)
                 return 2
     return 2 if failed else 0
+
+
+def run_data_parallel(job: dict, run_job, *, progress: bool = True) -> int:
+    """One job on every launched process: the methods split each batch across them
+    (erase.distributed) and process 0 alone writes the exports and prints the job's line.
+    Returns the exit status (0, or 2 on bad input, which every process meets alike).
+
+    An unexpected exception in one process is raised there (its traceback printed) and the
+    launcher stops the others."""
+    state = start()
+    main = state.is_main_process
+    try:
+        summary = run_job(job, progress=progress and main, write=main)
+    except EraseError as e:
+        if main:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    if main:
+        print(job_line(0, 1, job, summary) + f" ({state.num_processes} processes, data-parallel)")
+    return 0

@@ -51,6 +51,7 @@ def accumulate_gradients(
     batches: Iterable[object],
     param_names: Iterable[str] | None = None,
     loss_scale: float = 2.0**16,
+    reduce: Callable[[list[torch.Tensor]], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Return ``|sum over batches of d loss_fn(batch) / d theta|`` for each chosen parameter.
 
@@ -64,6 +65,10 @@ def accumulate_gradients(
     gradients of the activations would otherwise underflow to zero and their weights would get a
     saliency of exactly 0. A power of two keeps fp32 results bit-identical. If a gradient comes out
     non-finite (overflow), the scale is halved and the backward redone through the same graph.
+
+    ``reduce``, if given, sums the gradient sums in place across data-parallel processes before
+    the absolute value is taken (erase.distributed.Shard.sum_; each process then passes its
+    share of every batch).
     """
     params = _named_trainable(model, param_names)
     if not params:
@@ -86,6 +91,8 @@ def accumulate_gradients(
             n_batches += 1
         if n_batches == 0:
             raise ValueError("no batches to compute saliency over (the forget data is empty)")
+        if reduce is not None:
+            reduce(list(sums.values()))
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(saved_flags[n])

@@ -119,6 +119,7 @@ class Trainer:
         grad_clip: float | None = 1.0,
         mixed_precision: str = "no",
         gradient_checkpointing: bool = False,
+        shard=None,
     ):
         if optimizer not in ("adamw", "adam"):
             raise EraseError(f"unknown optimizer {optimizer!r}; choose 'adamw' or 'adam'")
@@ -127,6 +128,9 @@ class Trainer:
         self.grad_clip, self.gradient_checkpointing = grad_clip, gradient_checkpointing
         self.device = next(unet.parameters()).device
         self.accelerator = make_accelerator(mixed_precision, self.device)
+        from erase.distributed import Shard
+
+        self.shard = shard if shard is not None else Shard()
 
     def autocast(self):
         return self.accelerator.autocast()
@@ -159,21 +163,26 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
         try:
+            self.shard.broadcast_(list(self.params.values()))  # data-parallel: every process starts from process 0's weights
             if masker is not None:
                 masker.__enter__()
             for step in range(steps):
                 with acc.autocast():
                     loss = step_fn(step)
-                if not torch.isfinite(loss):
-                    raise EraseError(f"loss became {loss.item()} at step {step}: lower the learning rate")
+                value = loss.detach().float().reshape(1).clone()
+                self.shard.sum_([value])  # data-parallel: each process's loss is its share of the batch's
+                if not torch.isfinite(value).all():
+                    raise EraseError(f"loss became {value.item()} at step {step}: lower the learning rate")
                 acc.backward(loss)
+                if self.shard.active:
+                    self._sum_gradients()
                 if self.grad_clip is not None:
                     acc.clip_grad_norm_(list(self.params.values()), self.grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 if masker is not None:
                     masker.project_()
-                stats.losses.append(float(loss.detach()))
+                stats.losses.append(float(value))
                 stats.steps = step + 1
                 if progress is not None:
                     progress(step + 1, steps, {"phase": phase, "loss": stats.losses[-1]})
@@ -190,3 +199,17 @@ class Trainer:
         if self.device.type == "cuda":
             stats.peak_memory_bytes = torch.cuda.max_memory_allocated(self.device)
         return stats
+
+    def _sum_gradients(self) -> None:
+        """Data-parallel: every trainable parameter's gradient becomes its sum over the processes.
+        A gradient no process has stays unset, as on one process (the optimiser then skips the
+        parameter, weight decay included); one that some process lacks (its share of a short
+        batch was empty) counts as zeros there."""
+        params = list(self.params.values())
+        present = torch.tensor([float(p.grad is not None) for p in params])
+        self.shard.sum_([present])
+        chosen = [p for p, n in zip(params, present.tolist()) if n > 0]
+        for p in chosen:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self.shard.sum_([p.grad for p in chosen])

@@ -84,8 +84,6 @@ def test_checks_before_any_work(tmp_path):
     check_jobs(jobs, 2)
     with pytest.raises(EraseError, match="3 processes but only 2 jobs: launch with --num_processes 2 or fewer"):
         check_jobs(jobs, 3)
-    with pytest.raises(EraseError, match="a --concept run is one job but 2 processes"):
-        check_jobs(jobs[:1], 2, single=True)
     assert default_summary_path(tmp_path / "cfg" / "sweep.yaml", jobs) == tmp_path / "sweep-summary.json"
 
 
@@ -160,11 +158,11 @@ def test_launch_a_failing_job_is_reported_and_the_others_finish(tiny_folder, tmp
     assert [(r["status"], r["process"]) for r in summary["jobs"]] == [("ok", 0), ("error", 1), ("ok", 0)] and summary["failed"] == 1
 
 
-@pytest.mark.parametrize("case", ["more processes than jobs", "same out", "single concept"])
+@pytest.mark.parametrize("case", ["more processes than jobs", "same out", "more processes than items per step"])
 def test_launch_bad_input_is_one_line_before_any_work(tiny_folder, tmp_path, case):
-    if case == "single concept":
-        r = launch("--model", tiny_folder, "--method", "uce", "--concept", "circle", "--out", tmp_path / "c")
-        message = "error: a --concept run is one job but 2 processes were launched: launch with --num_processes 1"
+    if case == "more processes than items per step":  # one --concept job: data-parallel (tests/test_data_parallel.py)
+        r = launch("--model", tiny_folder, "--method", "fmn", "--set", "batch_size=1", "--concept", "circle", "--out", tmp_path / "c")
+        message = "error: batch_size is 1, fewer than the 2 launched processes"
     else:
         outs = {"circle": tmp_path / "c"} if case == "more processes than jobs" else {"circle": tmp_path / "c", "star": tmp_path / "c"}
         r = launch("--jobs", jobs_file(tmp_path / "jobs.yaml", tiny_folder, outs))
@@ -174,4 +172,4 @@ def test_launch_bad_input_is_one_line_before_any_work(tiny_folder, tmp_path, cas
     assert len(errors(r.stderr)) == 1 and errors(r.stderr)[0].startswith(message), r.stderr[-3000:]
     assert "[rank" not in r.stderr  # no traceback from the processes (the launcher adds its own failure report)
     assert "SIGTERM" not in r.stderr and "exitcode  : 2" in r.stderr  # process 0 failed, the others ended on their own
-    assert sorted(p.name for p in tmp_path.iterdir()) == (["jobs.yaml"] if case != "single concept" else [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["jobs.yaml"] if case != "more processes than items per step" else [])

@@ -12,7 +12,7 @@ import platform
 import re
 from pathlib import Path
 
-SUITES = ("engine", "toyworld", "robustness", "classifier", "lora", "sisa")
+SUITES = ("engine", "toyworld", "robustness", "classifier", "lora", "sisa", "parallel")
 
 
 CACHED_SUITES = ("toyworld", "robustness")  # resumable suites whose tables can be written from their caches alone

@@ -42,6 +42,11 @@ class BaseConfig:
 
         return UNET_SCOPES
 
+    def split_items(self) -> dict[str, int]:
+        """Items per step that data-parallel training shares out among the processes, by setting
+        (erase.distributed; each process needs at least one). A closed-form method splits nothing."""
+        return {}
+
     def validate(self) -> None:
         scopes = self.allowed_scopes()
         if self.parameter_scope() not in scopes:
@@ -78,6 +83,9 @@ class MethodConfig(BaseConfig):
     n_forget_images: int = option(8, "images generated per run from the concept prompts (data-free)")
     generation_steps: int = option(25, "sampling steps when generating training images")
     guidance_scale: float = option(7.5, "classifier-free guidance when generating training images")
+
+    def split_items(self) -> dict[str, int]:
+        return {"batch_size": self.batch_size}
 
     def validate(self) -> None:
         super().validate()

@@ -42,6 +42,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from erase.distributed import Shard
 from erase.errors import EraseError
 from erase.methods import BaseConfig, check_positive, option, register
 from erase.methods.esd import esd_target, plan, sample_items
@@ -73,6 +74,9 @@ class AdvUnlearnConfig(BaseConfig):
     retain_items: int = option(256, "distinct retain items made before training (reused in a cycle)")
     all_phrasings: bool = option(False, "train on every phrasing the prompt source knows for the concept (context prompts: on the toy world its freer captions too) and, for retain_on embedding, keep every phrasing of the other concepts")
     gradient_checkpointing: bool = option(False, "trade compute for memory in the UNet (UNet scopes)")
+
+    def split_items(self) -> dict[str, int]:
+        return {"batch_size": self.batch_size, **({"retain_batch": self.retain_batch} if self.retain_weight > 0 else {})}
 
     def allowed_scopes(self) -> tuple[str, ...]:
         return SCOPES
@@ -156,21 +160,29 @@ def _random_vectors(pipe, n: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def attack(unet, cond: _Conditioner, items, rows_of, vectors: torch.Tensor, cfg: AdvUnlearnConfig, gen: torch.Generator,
-           autocast, target_norm: float) -> tuple[torch.Tensor, float]:
+           autocast, target_norm: float, shard: Shard = Shard()) -> tuple[torch.Tensor, float]:
     """``cfg.attack_steps`` Adam steps on ``vectors`` so that the model being erased predicts, for
     the concept's x_t, what the original model predicted with the concept's prompt. Only the
-    vectors get a gradient (torch.autograd.grad), whatever requires grad in the model."""
+    vectors get a gradient (torch.autograd.grad), whatever requires grad in the model.
+    Data-parallel (``shard``): each process takes its share of every batch and the vectors'
+    gradient is summed over the processes, so all find the same vectors."""
     dev = next(unet.parameters()).device
     v = vectors.detach().clone().to(dev).requires_grad_(True)
     opt = torch.optim.Adam([v], lr=cfg.attack_lr)
     loss = torch.zeros(())
     for _ in range(cfg.attack_steps):
         rows = rows_of(gen)
+        n = len(rows)
+        rows = rows[shard.part(n)]
         with autocast():
             emb = cond.adversarial(items.prompt[rows], v)
             pred = unet(items.x_t[rows].to(dev), items.t[rows].to(dev), encoder_hidden_states=emb.to(unet.dtype)).sample
-        loss = F.mse_loss(pred.float(), items.eps_c[rows].to(dev))
+        loss = shard.weighted(F.mse_loss(pred.float(), items.eps_c[rows].to(dev)), n)
         (grad,) = torch.autograd.grad(loss, [v])
+        if shard.active:
+            total = loss.detach().reshape(1).clone()
+            shard.sum_([grad, total])
+            loss = total[0]
         opt.zero_grad(set_to_none=True)
         v.grad = grad
         opt.step()
@@ -207,9 +219,10 @@ def run(job, cfg: AdvUnlearnConfig) -> dict:
     trains_encoder = component == "text_encoder"
     module = pipe.text_encoder if trains_encoder else pipe.unet
     params = select_parameters(module, cfg.scope)
+    shard = job.shard  # data-parallel: each process takes its share of every batch (erase.distributed)
     trainer = Trainer(module, params, lr=cfg.lr, optimizer=cfg.optimizer, grad_clip=cfg.grad_clip,
                       mixed_precision=job.mixed_precision,
-                      gradient_checkpointing=cfg.gradient_checkpointing and not trains_encoder)
+                      gradient_checkpointing=cfg.gradient_checkpointing and not trains_encoder, shard=shard)
 
     # every frozen prediction first, from the original model
     from erase.data import encode_prompts
@@ -249,27 +262,31 @@ def run(job, cfg: AdvUnlearnConfig) -> dict:
     def predict(rows, emb):
         return unet(items.x_t[rows].to(dev), items.t[rows].to(dev), encoder_hidden_states=emb.to(unet.dtype)).sample.float()
 
+    mine, r_mine = shard.part(b), shard.part(cfg.retain_batch)  # this process's share of each batch
+
     def step_fn(step: int) -> torch.Tensor:
         rows = torch.arange(step * b, (step + 1) * b)
         concept = concept_of[int(items.prompt[rows[0]])]
+        rows = rows[mine]
         target = esd_target(items, rows, eta, dev)
         loss = F.mse_loss(predict(rows, cond.plain(items.prompt[rows])), target)
         if step >= cfg.warmup and cfg.adversarial_weight > 0:
             if (step - cfg.warmup) % cfg.attack_every == 0:
                 start = vectors[concept] if cfg.attack_init == "latest" else _random_vectors(pipe, cfg.attack_tokens, attack_gen)
                 vectors[concept], attack_loss = attack(unet, cond, items, rows_for[concept], start, cfg, attack_gen,
-                                                       trainer.autocast, target_norm)
+                                                       trainer.autocast, target_norm, shard)
                 attack_log.append(attack_loss)
             adv = cond.adversarial(items.prompt[rows], vectors[concept].to(dev))
             loss = loss + cfg.adversarial_weight * F.mse_loss(predict(rows, adv), target)
+        loss = shard.weighted(loss, b)
         if retain is not None:
-            r_rows = torch.arange(step * cfg.retain_batch, (step + 1) * cfg.retain_batch) % len(retain.t)
+            r_rows = (torch.arange(step * cfg.retain_batch, (step + 1) * cfg.retain_batch) % len(retain.t))[r_mine]
             pred = unet(retain.x_t[r_rows].to(dev), retain.t[r_rows].to(dev),
                         encoder_hidden_states=cond.retain(retain.prompt[r_rows]).to(unet.dtype)).sample.float()
-            loss = loss + cfg.retain_weight * F.mse_loss(pred, retain.eps_c[r_rows].to(dev))
+            loss = loss + cfg.retain_weight * shard.weighted(F.mse_loss(pred, retain.eps_c[r_rows].to(dev)), cfg.retain_batch)
         elif retain_prompts and cfg.retain_on == "embedding":
-            r_rows = torch.arange(step * cfg.retain_batch, (step + 1) * cfg.retain_batch) % len(retain_prompts)
-            loss = loss + cfg.retain_weight * F.mse_loss(cond.retain(r_rows), retain_emb0[r_rows].to(dev))
+            r_rows = (torch.arange(step * cfg.retain_batch, (step + 1) * cfg.retain_batch) % len(retain_prompts))[r_mine]
+            loss = loss + cfg.retain_weight * shard.weighted(F.mse_loss(cond.retain(r_rows), retain_emb0[r_rows].to(dev)), cfg.retain_batch)
         return loss
 
     frozen = pipe.unet if trains_encoder else pipe.text_encoder

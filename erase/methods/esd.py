@@ -85,6 +85,9 @@ class ESDConfig(BaseConfig):
     def parameter_scope(self) -> str:
         return TRAIN_METHODS[self.train_method]
 
+    def split_items(self) -> dict[str, int]:
+        return {"batch_size": self.batch_size}
+
     def validate(self) -> None:
         if self.train_method not in TRAIN_METHODS:
             raise EraseError(f"train_method must be one of {', '.join(TRAIN_METHODS)}, got {self.train_method!r}")
@@ -160,10 +163,15 @@ def sample_items(job, cfg: ESDConfig, cond: torch.Tensor, neutral: torch.Tensor,
     out = Items(torch.empty(n, *shape), torch.empty(n, dtype=torch.long), torch.empty(n, *shape),
                 torch.empty(n, *shape), torch.tensor(index))
     order = torch.argsort(stop, stable=True)  # batches of similar length
+    starts = list(range(0, n, _SAMPLE_BATCH))
+    shard = job.shard  # data-parallel: each process runs every world-th batch, all get all items
+    mine, done = len(range(shard.rank, len(starts), shard.world)), [0]
     unet.eval()
-    for done, start in enumerate(range(0, n, _SAMPLE_BATCH)):
-        idx = order[start : start + _SAMPLE_BATCH]
+
+    def make(bi: int) -> tuple[torch.Tensor, ...]:
+        idx = order[starts[bi] : starts[bi] + _SAMPLE_BATCH]
         b, ks = len(idx), stop[idx]
+        x_t, t_of, eps_c, eps_n = torch.empty(b, *shape), torch.empty(b, dtype=torch.long), torch.empty(b, *shape), torch.empty(b, *shape)
         x = noise[idx].to(dev) * sched.init_noise_sigma
         emb = torch.cat([uncond.expand(b, -1, -1), cond[out.prompt[idx]].to(dev)])
         for i, t in enumerate(sched.timesteps[: int(ks.max()) + 1]):
@@ -171,17 +179,21 @@ def sample_items(job, cfg: ESDConfig, cond: torch.Tensor, neutral: torch.Tensor,
                 e_u, e_c = unet(torch.cat([x, x]), t, encoder_hidden_states=emb).sample.float().chunk(2)
             here = (ks == i).nonzero().flatten()
             if len(here):
-                rows = idx[here]
-                out.x_t[rows], out.t[rows], out.eps_c[rows] = x[here].cpu(), int(t), e_c[here].cpu()
+                x_t[here], t_of[here], eps_c[here] = x[here].cpu(), int(t), e_c[here].cpu()
                 e_n = e_u[here]
                 if cfg.neutral == "prompt":
                     with autocast():
-                        e_n = unet(x[here], t, encoder_hidden_states=neutral[out.prompt[rows]].to(dev)).sample.float()
-                out.eps_n[rows] = e_n.cpu()
+                        e_n = unet(x[here], t, encoder_hidden_states=neutral[out.prompt[idx[here]]].to(dev)).sample.float()
+                eps_n[here] = e_n.cpu()
             if i < int(ks.max()):
                 x = sched.step(e_u + cfg.guidance_scale * (e_c - e_u), t, x).prev_sample
+        done[0] += 1
         if job.progress is not None:
-            job.progress(done + 1, -(-n // _SAMPLE_BATCH), {"phase": "esd: sampling x_t"})
+            job.progress(done[0], mine, {"phase": "esd: sampling x_t"})
+        return idx, x_t, t_of, eps_c, eps_n
+
+    for idx, x_t, t_of, eps_c, eps_n in shard.gather(len(starts), make):
+        out.x_t[idx], out.t[idx], out.eps_c[idx], out.eps_n[idx] = x_t, t_of, eps_c, eps_n
     return out
 
 
@@ -207,9 +219,10 @@ def run(job, cfg: ESDConfig) -> dict:
     cond, _ = encode_prompts(job.pipe, prompts)
     neutral, _ = encode_prompts(job.pipe, neutral_prompts)
     params = trainable_parameters(job.unet, cfg)
+    shard = job.shard  # data-parallel: each process takes its share of every batch (erase.distributed)
     trainer = Trainer(
         job.unet, params, lr=cfg.lr, optimizer=cfg.optimizer, grad_clip=cfg.grad_clip,
-        mixed_precision=job.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing,
+        mixed_precision=job.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing, shard=shard,
     )
     t0 = time.perf_counter()
     items = sample_items(job, cfg, cond, neutral, index, gen, trainer.autocast)
@@ -217,12 +230,14 @@ def run(job, cfg: ESDConfig) -> dict:
     eta, dev, b = float(cfg.negative_guidance), job.device, cfg.batch_size
     error_before = target_error(job.unet, items, cond, eta, trainer.autocast)
 
+    lo, hi = shard.bounds(b)
+
     def step_fn(step: int) -> torch.Tensor:
-        rows = slice(step * b, (step + 1) * b)
+        rows = slice(step * b + lo, step * b + hi)
         target = esd_target(items, rows, eta, dev)
         pred = job.unet(items.x_t[rows].to(dev), items.t[rows].to(dev),
                         encoder_hidden_states=cond[items.prompt[rows]].to(dev)).sample
-        return F.mse_loss(pred.float(), target)
+        return shard.weighted(F.mse_loss(pred.float(), target), b)
 
     stats = trainer.run(cfg.iterations, step_fn, progress=job.progress, phase="esd")
     job.unet.eval()

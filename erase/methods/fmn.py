@@ -118,19 +118,22 @@ def run(job, cfg: FMNConfig) -> dict:
         with_pooler(job.pipe.tokenizer, forget)
     mass_before = attention_mass(job, forget, scheduler)
     params = select_parameters(job.unet, cfg.scope)
+    shard = job.shard  # data-parallel: each process takes its share of every batch (erase.distributed)
     trainer = Trainer(
         job.unet, params, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer, grad_clip=cfg.grad_clip,
-        mixed_precision=job.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing,
+        mixed_precision=job.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing, shard=shard,
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     recorder = AttentionRecorder()
+    mine = shard.part(cfg.batch_size)
 
     def step_fn(step: int) -> torch.Tensor:
         idx = torch.randint(0, len(forget), (cfg.batch_size,), generator=gen)
         x_t, _, t = add_noise(scheduler, forget.latents[idx].to(job.device), gen)
+        idx, x_t, t = idx[mine], x_t[mine], t[mine]
         recorder.set_positions([forget.positions[i] for i in idx.tolist()])
         job.unet(x_t, t, encoder_hidden_states=forget.embeddings[idx].to(job.device))
-        return recorder.norm()
+        return shard.sqrt_of_sum(recorder.squared_norm())  # the Frobenius norm over the whole batch
 
     with record_cross_attention(job.unet, recorder):
         stats = trainer.run(cfg.steps, step_fn, progress=job.progress, phase="fmn")

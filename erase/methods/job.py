@@ -9,6 +9,7 @@ import torch
 
 from erase.concepts import anchor_prompt, concept_positions
 from erase.data import PromptSet, encode_images, encode_prompts, generate_latents
+from erase.distributed import Shard, current
 from erase.errors import EraseError
 from erase.prompts import PromptSource
 from erase.training import ProgressFn
@@ -32,6 +33,7 @@ class ErasureJob:
     mixed_precision: str = "no"
     progress: ProgressFn | None = None
     images: Mapping[str, Sequence] | None = None  # user images per concept (else data-free)
+    shard: Shard = field(default_factory=current)  # data-parallel: this process's share (erase.distributed)
 
     @property
     def unet(self):
@@ -70,7 +72,7 @@ class ErasureJob:
             else:
                 lat, chosen = generate_latents(
                     self.pipe, [p for p, _ in mine], n_per_concept, steps=steps, guidance_scale=guidance_scale,
-                    seed=seed * 1009 + ci, progress=self._sub_progress(f"generate '{concept}'"),
+                    seed=seed * 1009 + ci, progress=self._sub_progress(f"generate '{concept}'"), shard=self.shard,
                 )
             pos_of = dict(mine)
             latents.append(lat.cpu())
@@ -100,7 +102,7 @@ class ErasureJob:
             raise EraseError("no retain prompts left: every retain prompt names an erased concept")
         lat, chosen = generate_latents(
             self.pipe, prompts, n, steps=steps, guidance_scale=guidance_scale, seed=seed * 1009 + 7919,
-            progress=self._sub_progress("generate retain set"),
+            progress=self._sub_progress("generate retain set"), shard=self.shard,
         )
         emb, ids = encode_prompts(self.pipe, chosen)
         return PromptSet(latents=lat.cpu(), prompts=chosen, embeddings=emb.cpu(), token_ids=ids)

@@ -150,9 +150,15 @@ def saliency_mask(job, cfg: SalUnConfig, forget, scheduler, params, trainer) -> 
 
         uncond = encode_prompts(job.pipe, [""])[0].to(job.device)
 
+    shard = job.shard  # data-parallel: each process takes its share of every batch, the sums are added up
+
     def loss_fn(idx: torch.Tensor) -> torch.Tensor:
         x0 = forget.latents[idx].to(job.device)
         x_t, noise, t = add_noise(scheduler, x0, gen)
+        n, mine = len(idx), shard.part(len(idx))
+        if mine.start == mine.stop:  # a short last batch can leave a process nothing
+            return torch.zeros((), device=job.device, requires_grad=True)
+        idx, x0, x_t, noise, t = idx[mine], x0[mine], x_t[mine], noise[mine], t[mine]
         target = diffusion_target(scheduler, x0, noise, t)
         with trainer.autocast():
             pred = job.unet(x_t, t, encoder_hidden_states=forget.embeddings[idx].to(job.device)).sample.float()
@@ -162,9 +168,9 @@ def saliency_mask(job, cfg: SalUnConfig, forget, scheduler, params, trainer) -> 
             with trainer.autocast():
                 pred_u = job.unet(x_t, t, encoder_hidden_states=uncond.expand(len(idx), -1, -1)).sample.float()
             pred = (1 + cfg.mask_guidance) * pred - cfg.mask_guidance * pred_u
-        return -F.mse_loss(pred, target.float())
+        return shard.weighted(-F.mse_loss(pred, target.float()), n)
 
-    grads = accumulate_gradients(job.unet, loss_fn, batches, param_names=list(params))
+    grads = accumulate_gradients(job.unet, loss_fn, batches, param_names=list(params), reduce=shard.sum_)
     return compute_mask(grads, fraction=cfg.mask_fraction, threshold=cfg.mask_threshold, per_layer=cfg.mask_per_layer)
 
 
@@ -176,9 +182,11 @@ def run(job, cfg: SalUnConfig) -> dict:
     retain = job.retain_set(cfg.n_retain_images, **gen_kw) if cfg.alpha > 0 else None
     scheduler = DDPMScheduler.from_config(job.pipe.scheduler.config)
     params = select_parameters(job.unet, cfg.scope)
+    shard = job.shard
+    shard.require(len(forget), "the number of forget images")
     trainer = Trainer(
         job.unet, params, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer, grad_clip=cfg.grad_clip,
-        mixed_precision=job.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing,
+        mixed_precision=job.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing, shard=shard,
     )
     mask = saliency_mask(job, cfg, forget, scheduler, params, trainer)
     if job.progress is not None:
@@ -193,26 +201,32 @@ def run(job, cfg: SalUnConfig) -> dict:
 
     def step_fn(step: int) -> torch.Tensor:
         idx = order[step]
-        b = len(idx)
+        n = len(idx)
         x0 = forget.latents[idx].to(job.device)
         x_t, noise, t = add_noise(scheduler, x0, gen)
+        ridx = torch.randint(0, len(retain), (n,), generator=gen) if retain is not None else None
+        mine = shard.part(n)  # data-parallel: this process's share of the batch (all of it on one process)
+        if mine.start == mine.stop:  # a short last batch can leave a process nothing
+            return torch.zeros((), device=job.device, requires_grad=True)
+        idx, x_t, noise, t = idx[mine], x_t[mine], noise[mine], t[mine]
+        b = len(idx)
         with torch.no_grad():  # the misaligned target, detached
             target = job.unet(x_t, t, encoder_hidden_states=forget.anchor_embeddings[idx].to(job.device)).sample
         cond = forget.embeddings[idx].to(job.device)
         if retain is None:
             pred = job.unet(x_t, t, encoder_hidden_states=cond).sample
-            loss_f = F.mse_loss(pred.float(), target.float())
+            loss_f = shard.weighted(F.mse_loss(pred.float(), target.float()), n)
             parts["forget"].append(float(loss_f.detach()))
             return loss_f
-        ridx = torch.randint(0, len(retain), (b,), generator=gen)
+        ridx = ridx[mine]
         r0 = retain.latents[ridx].to(job.device)
         r_t = noise_at(scheduler, r0, noise, t)  # same noise and timestep as the forget term
         pred = job.unet(
             torch.cat([x_t, r_t]), torch.cat([t, t]),
             encoder_hidden_states=torch.cat([cond, retain.embeddings[ridx].to(job.device)]),
         ).sample
-        loss_f = F.mse_loss(pred[:b].float(), target.float())
-        loss_r = F.mse_loss(pred[b:].float(), diffusion_target(scheduler, r0, noise, t).float())
+        loss_f = shard.weighted(F.mse_loss(pred[:b].float(), target.float()), n)
+        loss_r = shard.weighted(F.mse_loss(pred[b:].float(), diffusion_target(scheduler, r0, noise, t).float()), n)
         parts["forget"].append(float(loss_f.detach()))
         parts["retain"].append(float(loss_r.detach()))
         return loss_f + cfg.alpha * loss_r
