@@ -64,6 +64,25 @@ def test_inversion_adversary_is_deterministic_and_restores_what_it_borrows(tiny_
         assert torch.allclose(a.original[n].double() @ m, a.tensors[n].double(), atol=1e-4)
 
 
+def test_inversion_adversary_reports_progress_and_can_be_cancelled_inside_an_inversion(tiny_pipe):
+    from erase.training import Cancelled
+
+    settings = {"preserve": ["dog"], "epochs": 2, "adversary": "inversion", "inversion_steps": 3, "n_images": 2,
+                "generation_steps": 2, "batch_size": 2}
+    phases = []
+    erase_concepts(tiny_pipe, "van gogh", "rece", settings, inplace=False, progress=lambda d, t, info: phases.append(info["phase"]))
+    assert "rece epoch 2/2: inverting 'van gogh'" in phases and phases[-1] == "rece"
+    before = _state(tiny_pipe)
+
+    def stop(done, total, info):
+        if info["phase"].startswith("rece epoch 1/2: inverting") and done == 2:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        erase_concepts(tiny_pipe, "van gogh", "rece", settings, progress=stop)
+    assert all(torch.equal(p, before[n]) for n, p in _state(tiny_pipe).items())  # in the middle of an inversion: all back
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"adversary": "gradient"}, "adversary"),
     ({"regular_scale": 0}, "regular_scale"),

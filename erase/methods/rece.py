@@ -116,6 +116,17 @@ class _Inversion:
             for n, p in self.projections.items():
                 p.weight.copy_(self.original[n] if m is None else (self.original[n].double() @ m).to(p.weight.dtype))
 
+    def _progress(self, epoch: int, concept: str, start: int):
+        """The job's progress callback for one inversion, its phase naming the epoch (it may
+        raise Cancelled: the borrowed weights go back in __call__, the rest in erase_concepts)."""
+        report, cfg = self.job.progress, self.cfg
+        if report is None:
+            return None
+        phase = f"rece epoch {epoch + 1}/{cfg.epochs}: inverting '{concept}'"
+        if cfg.inversion_starts > 1:
+            phase += f" (start {start + 1}/{cfg.inversion_starts})"
+        return lambda done, total, info: report(done, total, {**info, "phase": phase})
+
     def __call__(self, m: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(embeddings, targets): the erase rows of the concept's prompts with learned vectors in
         the concept's place, each with the anchor target of the row it stands for."""
@@ -139,7 +150,8 @@ class _Inversion:
                     init = rand / rand.norm(dim=-1, keepdim=True) * table.norm(dim=-1).mean()
                     vectors = learn_vectors(job.pipe, concept, self.forget.latents[mine], [self.forget.prompts[i] for i in mine],
                                             self.scheduler, n=span, steps=cfg.inversion_steps, lr=cfg.inversion_lr,
-                                            weight_decay=0.0, batch_size=cfg.batch_size, seed=seed, init=init)
+                                            weight_decay=0.0, batch_size=cfg.batch_size, seed=seed, init=init,
+                                            progress=self._progress(epoch, concept, start))
                     with torch.no_grad():
                         emb = encode_with_vectors(job.pipe, ids, slots, vectors.to(dev)).double().cpu()
                     for j, i in enumerate(idx):
