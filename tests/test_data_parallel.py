@@ -3,7 +3,7 @@
 The launches start ``accelerate launch --multi_gpu --num_processes 2`` with the GPUs hidden, so
 accelerate starts two CPU processes over gloo: the GPU code path. Tolerance against one process,
 measured on these settings: the deltas' relative difference ‖Δ₂ − Δ₁‖ / ‖Δ₁‖ was 3e-5 (ESD) to
-2.4e-3 (advunlearn), the losses agreed to 1e-6; the sums run in another order and a batch split in
+2.4e-3 (advunlearn), the losses to 1.5e-5; the sums run in another order and a batch split in
 two is not computed bit for bit as a whole, and Adam turns the last bits of near-zero gradients
 into whole steps for a few weights. The test allows 1e-2 and 1e-4.
 """

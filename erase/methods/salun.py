@@ -206,7 +206,12 @@ def run(job, cfg: SalUnConfig) -> dict:
         x_t, noise, t = add_noise(scheduler, x0, gen)
         ridx = torch.randint(0, len(retain), (n,), generator=gen) if retain is not None else None
         mine = shard.part(n)  # data-parallel: this process's share of the batch (all of it on one process)
-        if mine.start == mine.stop:  # a short last batch can leave a process nothing
+        if mine.start == mine.stop:  # a short last batch can leave a process nothing; it still joins the sums
+            both = torch.zeros(1 if retain is None else 2)
+            shard.sum_([both])
+            parts["forget"].append(float(both[0]))
+            if retain is not None:
+                parts["retain"].append(float(both[1]))
             return torch.zeros((), device=job.device, requires_grad=True)
         idx, x_t, noise, t = idx[mine], x_t[mine], noise[mine], t[mine]
         b = len(idx)
@@ -216,7 +221,9 @@ def run(job, cfg: SalUnConfig) -> dict:
         if retain is None:
             pred = job.unet(x_t, t, encoder_hidden_states=cond).sample
             loss_f = shard.weighted(F.mse_loss(pred.float(), target.float()), n)
-            parts["forget"].append(float(loss_f.detach()))
+            value = loss_f.detach().float().reshape(1).clone()
+            shard.sum_([value])  # data-parallel: the whole batch's loss, for the statistics
+            parts["forget"].append(float(value))
             return loss_f
         ridx = ridx[mine]
         r0 = retain.latents[ridx].to(job.device)
@@ -227,8 +234,10 @@ def run(job, cfg: SalUnConfig) -> dict:
         ).sample
         loss_f = shard.weighted(F.mse_loss(pred[:b].float(), target.float()), n)
         loss_r = shard.weighted(F.mse_loss(pred[b:].float(), diffusion_target(scheduler, r0, noise, t).float()), n)
-        parts["forget"].append(float(loss_f.detach()))
-        parts["retain"].append(float(loss_r.detach()))
+        both = torch.stack([loss_f.detach(), loss_r.detach()]).float()
+        shard.sum_([both])  # data-parallel: the whole batch's terms, for the statistics
+        parts["forget"].append(float(both[0]))
+        parts["retain"].append(float(both[1]))
         return loss_f + cfg.alpha * loss_r
 
     stats = trainer.run(len(order), step_fn, mask=mask, progress=job.progress, phase="salun")
