@@ -79,7 +79,7 @@ def evaluate(
     model=None, *, concept: str, pipe=None, delta=None, erased=None, result=None, method: str | None = None, apply=None,
     method_config=None, attacks: Sequence[str] | str = DEFAULT_ATTACKS, attack_configs: Mapping[str, Mapping] | None = None,
     seeds: Sequence[int] = (0,), images=None, out: str | Path | None = None, overwrite: bool = False, progress=None,
-    sampling_steps: int | None = None,
+    sampling_steps: int | None = None, restarts: int = 1,
 ) -> dict:
     """Evaluate the erasure of ``concept`` and attack it.
 
@@ -90,8 +90,10 @@ def evaluate(
     scripts) or a LoRA file, checked against the base model (erase.reload.load_erasure). ``attack_configs``: {attack: overrides}. ``seeds``: scoring
     seeds. ``images``: the user's images of the concept (else the base model's). With ``out``
     the report (report.json, report.md) and image grids are written there. ``sampling_steps``:
-    denoising steps of every scored or shown generation (None: the model's default). Returns the report
-    (a dict; ``report["table"]`` is the text table).
+    denoising steps of every scored or shown generation (None: the model's default). ``restarts``
+    (toy world): run each attack that many times (attack seeds seed, seed + 1, ...) and report the
+    attacker's best run, the lowest post-attack UA (see erase.attacks.run_attack). Returns the
+    report (a dict; ``report["table"]`` is the text table).
     """
     from erase.attacks import erased_weights, make_config, run_attack
     from erase.models import is_toyworld, load_pipeline
@@ -101,6 +103,8 @@ def evaluate(
     if len(given) > 1:
         raise EraseError("give at most one of delta, erased, result, method and apply")
     names = _parse_attacks(attacks)
+    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
+        raise EraseError(f"restarts must be a positive integer, got {restarts!r}")
     if sampling_steps is not None and (not isinstance(sampling_steps, int) or sampling_steps < 1):
         raise EraseError(f"sampling_steps must be a positive integer, got {sampling_steps!r}")
     sampling = {"steps": sampling_steps} if sampling_steps else {}
@@ -119,6 +123,9 @@ def evaluate(
 
     concept = check_attack_concept(base, concept)
     cfgs = {a: make_config(a, configs.get(a), toyworld=toy) for a in names}  # checked before any slow work
+    if restarts > 1 and names and not toy:
+        raise EraseError("restarts > 1 keeps the attacker's best run, which needs the toy world's judge to tell; on "
+                         "another model run the attack with several seeds (--set ti.seed=N) and look at each run's images")
 
     target, weights, erasure_info = base, None, {"kind": "none (the base model itself)"}
     if apply is not None:
@@ -148,7 +155,7 @@ def evaluate(
         erasure_info = {"kind": "folder", "path": str(erased)}
 
     report: dict = {"model": getattr(getattr(base, "erase_info", None), "source", str(model)), "concept": concept,
-                    "erasure": erasure_info, "seeds": seeds, "toyworld": toy, "attacks": {}}
+                    "erasure": erasure_info, "seeds": seeds, "restarts": restarts, "toyworld": toy, "attacks": {}}
     judge = None
     if toy:
         from erase.toyworld.judge import load_judge
@@ -169,7 +176,7 @@ def evaluate(
     for a in names:
         cfg = cfgs[a]
         res = run_attack(target, concept, a, cfg, erasure=weights, data=data.get(a, cfg, progress), seeds=seeds,
-                         progress=progress, judge=judge, sampling=sampling)
+                         progress=progress, judge=judge, sampling=sampling, restarts=restarts)
         results[a] = res
         report["attacks"][a] = res.summary()
 
@@ -225,10 +232,14 @@ def format_table(report: dict) -> str:
         lines += ["", "| model | UA % | IRA % | CRA % | distance |", "| --- | --- | --- | --- | --- |",
                   f"| erased | {_pct(s['UA'])} | {_pct(s['IRA'])} | {_pct(s['CRA'])} | {s['distance']:.2f} |"]
     if report["attacks"]:
-        lines += ["", "| attack | post-attack UA % | attacked prompt (example) | seconds |", "| --- | --- | --- | --- |"]
+        n = report.get("restarts", 1)
+        best = f" (best of {n} restarts)" if n > 1 else ""
+        lines += ["", f"| attack | post-attack UA %{best} | attacked prompt (example) | seconds |", "| --- | --- | --- | --- |"]
         for a, r in report["attacks"].items():
             example = (r["prompts"] or [""])[0]
-            lines.append(f"| {a} | {_pct(r['UA'])} | {example} | {r['stats'].get('seconds', 0):.0f} |")
+            runs = r["stats"].get("restarts")
+            each = f" ({', '.join(_pct(u) for u in runs['UA'])})" if runs else ""
+            lines.append(f"| {a} | {_pct(r['UA'])}{each} | {example} | {r['stats'].get('seconds', 0):.0f} |")
     return "\n".join(lines)
 
 
@@ -252,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concept", required=True, help="the erased concept")
     p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS), help="comma-separated: ti, prompt, relapse ('' for none; default: all)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="scoring seeds (default: 0)")
+    p.add_argument("--restarts", type=int, default=1, help="toy world: run each attack N times (attack seeds seed..seed+N-1) "
+                   "and report the attacker's best run (default: 1)")
     p.add_argument("--sampling-steps", type=int, help="denoising steps of the scored and shown generations (default: the model's)")
     p.add_argument("--set", action="append", metavar="ATTACK.KEY=VALUE", help="override an attack setting, e.g. ti.steps=300 (repeatable)")
     p.add_argument("--config", help="YAML file {ti: {...}, prompt: {...}, relapse: {...}} of attack settings (see configs/attacks/)")
@@ -292,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = evaluate(args.model, concept=args.concept, delta=args.delta, erased=args.erased, method=args.method, apply=args.apply,
                           attacks=args.attacks, attack_configs=attack_settings(args.config, args.set), seeds=args.seeds,
-                          out=args.out, overwrite=args.overwrite, progress=bar, sampling_steps=args.sampling_steps)
+                          out=args.out, overwrite=args.overwrite, progress=bar, sampling_steps=args.sampling_steps,
+                          restarts=args.restarts)
     except EraseError as e:
         bar.close()
         print(f"error: {e}", file=sys.stderr)

@@ -65,6 +65,10 @@ def test_attack_bad_input(tiny_pipe):
         run_attack(tiny_pipe, "van gogh", "ti", TINY["ti"], erasure=3)
     with pytest.raises(EraseError, match="not found"):
         run_attack(tiny_pipe, "van gogh", "ti", TINY["ti"], erasure="missing.safetensors")
+    with pytest.raises(EraseError, match="restarts must be a positive integer, got 0"):
+        run_attack(tiny_pipe, "van gogh", "ti", TINY["ti"], restarts=0)
+    with pytest.raises(EraseError, match="needs the toy world's judge"):
+        run_attack(tiny_pipe, "van gogh", "ti", TINY["ti"], restarts=2)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +96,19 @@ def test_attack_brings_back_a_removed_word_on_the_bundled_model(bundled, attack,
     k = make_config(attack, cfg, toyworld=True).k if attack == "prompt" else 0
     assert len(res.images) == 18 and all("square" not in q.split(" ", k)[-1] for q in res.prompts), res.prompts[0]
     assert res.ua <= 0.2, (res.ua, res.prompts[0])
+
+@pytest.mark.skipif(not bundled_available(), reason="bundled toy-world model missing")
+def test_restarts_keep_the_attackers_best_run(bundled):
+    """Two runs from the same images with attack seeds 3 and 4: the result is the lower post-attack
+    UA of the two, and the run with seed 4 alone gives the same UA as the second restart."""
+    pipe, data = bundled
+    cfg = dict(steps=5, batch_size=4, lr=1e-2, seed=3)
+    best = run_attack(pipe, "square", "ti", cfg, data=data, seeds=[0], sampling=SAMPLING, restarts=2)
+    runs = best.stats["restarts"]
+    assert runs["seeds"] == [3, 4] and best.ua == min(runs["UA"]) and best.config["seed"] in (3, 4)
+    second = run_attack(pipe, "square", "ti", dict(cfg, seed=4), data=data, seeds=[0], sampling=SAMPLING)
+    assert second.ua == runs["UA"][1]
+
 
 def test_config_files_hold_the_defaults():
     from pathlib import Path

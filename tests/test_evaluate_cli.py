@@ -28,6 +28,8 @@ def test_help_runs_as_a_script():
     (["--concept", "van gogh", "--set", "steps=3"], "attack.key=value"),
     (["--concept", "van gogh", "--attacks", "ti", "--set", "prompt.k=3"], "not run"),
     (["--concept", "van gogh", "--attacks", "ti", "--set", "ti.steps=0"], "steps"),
+    (["--concept", "van gogh", "--attacks", "ti", "--restarts", "0"], "restarts must be a positive integer, got 0"),
+    (["--concept", "van gogh", "--attacks", "ti", "--restarts", "2"], "needs the toy world's judge"),
 ])
 def test_bad_input_is_one_line(tiny_folder, capsys, argv, message):
     assert main(["--model", str(tiny_folder), "--no-progress", *argv]) == 2
@@ -71,9 +73,10 @@ def test_toy_world_table_with_scores_and_post_attack_ua(tmp_path):
 
     pipe = load_pipeline(None)
     delta = export_delta(erase_concepts(pipe, ["square"], "uce", inplace=False), tmp_path / "uce.safetensors")
-    report = erase.evaluate(pipe=pipe, concept="square", delta=delta, attacks="ti", sampling_steps=4,
+    report = erase.evaluate(pipe=pipe, concept="square", delta=delta, attacks="ti", sampling_steps=4, restarts=2,
                             attack_configs={"ti": {"steps": 4, "n_images": 4, "generation_steps": 4}})
     s, ti = report["scores"], report["attacks"]["ti"]
+    assert ti["UA"] == min(ti["stats"]["restarts"]["UA"]) and "best of 2 restarts" in report["table"]
     assert report["toyworld"] and s["n_forget"] == 18 and 0 <= s["UA"] <= 1 and 0 <= ti["UA"] <= 1
     assert report["erasure"]["method"] == "uce" and "| ti |" in report["table"] and "| erased |" in report["table"]
     assert report["base_UA"] <= 0.5  # the base model draws squares: an attack has something to bring back

@@ -249,6 +249,12 @@ def retain_data(pipe, concept: str, cfg: AttackConfig, *, progress=None) -> tupl
     return lat.cpu(), chosen
 
 
+def _prefixed(progress, prefix: str):
+    if progress is None:
+        return None
+    return lambda done, total, info: progress(done, total, {**info, "phase": prefix + info.get("phase", "")})
+
+
 def _phase(progress, phase: str):
     if progress is None:
         return None
@@ -319,7 +325,8 @@ def judge_ua(images, concept: str, judge=None) -> float:
 
 
 def run_attack(pipe, concept: str, attack: str = "ti", config=None, *, erasure=None, images=None, data=None,
-               seeds: Sequence[int] = (0,), progress=None, judge=None, sampling: Mapping | None = None) -> AttackResult:
+               seeds: Sequence[int] = (0,), progress=None, judge=None, sampling: Mapping | None = None,
+               restarts: int = 1) -> AttackResult:
     """Attack ``pipe`` (with ``erasure`` applied, if given) to bring ``concept`` back.
 
     ``config``: the attack's config, a dict of overrides, or None (defaults; toy-world presets on
@@ -327,7 +334,43 @@ def run_attack(pipe, concept: str, attack: str = "ti", config=None, *, erasure=N
     ``pipe`` without the erasure). ``data``: precomputed (latents, prompts) to share between
     attacks. ``seeds``: scoring seeds (toy world: as erasure_scores). Returns an AttackResult;
     ``ua`` is set on the toy world. ``pipe`` is left exactly as it was.
+
+    ``restarts``: run the attack that many times from the same data with the attack seeds
+    ``seed``, ``seed + 1``, ... and return the attacker's best run, the one with the lowest
+    post-attack UA (an attacker restarts until the concept comes back; one run's outcome varies a
+    lot with its seed). Every run's UA is in ``stats["restarts"]``. Toy world only: choosing
+    the best run needs the judge.
     """
+    from erase.models import is_toyworld
+
+    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
+        raise EraseError(f"restarts must be a positive integer, got {restarts!r}")
+    if restarts > 1 and not is_toyworld(pipe):
+        raise EraseError("restarts > 1 keeps the attacker's best run, which needs the toy world's judge to tell; on "
+                         "another model run the attack with several seeds (its config's seed) and look at each run's images")
+    if restarts == 1:
+        return _attack_once(pipe, concept, attack, config, erasure=erasure, images=images, data=data, seeds=seeds,
+                            progress=progress, judge=judge, sampling=sampling)
+    spec = get(attack)
+    cfg = make_config(spec.name, config, toyworld=True)
+    if data is None:  # every restart attacks from the same images
+        concept = check_attack_concept(pipe, concept)
+        data = (retain_data(pipe, concept, cfg, progress=progress) if spec.needs == "retain"
+                else concept_data(pipe, concept, cfg, images=images, progress=progress))
+    runs = []
+    for k in range(restarts):
+        run_cfg = dataclasses.replace(cfg, seed=cfg.seed + k)
+        runs.append(_attack_once(pipe, concept, attack, run_cfg, erasure=erasure, images=images, data=data, seeds=seeds,
+                                 progress=_prefixed(progress, f"restart {k + 1}/{restarts}: "), judge=judge,
+                                 sampling=sampling))
+    best = min(runs, key=lambda r: r.ua)
+    best.stats["restarts"] = {"seeds": [cfg.seed + k for k in range(restarts)], "UA": [r.ua for r in runs]}
+    return best
+
+
+def _attack_once(pipe, concept: str, attack: str, config, *, erasure, images, data, seeds: Sequence[int], progress,
+                 judge, sampling: Mapping | None) -> AttackResult:
+    """One run of ``run_attack`` (see there)."""
     from erase.evaluation import sampling_defaults
     from erase.models import is_toyworld
 

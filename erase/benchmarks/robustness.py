@@ -28,6 +28,7 @@ ROBUST = ("rece", "advunlearn")  # two erasure seeds each
 ATTACKS = ("ti", "prompt", "relapse")
 METHOD_ORDER = ("rece", "advunlearn", "uce", "esd", "salun", "fmn")
 SCORE_SEED = 0
+TI_RESTARTS = 3  # textual inversion is also run with attack seeds 1 .. TI_RESTARTS - 1: the attacker's best of three
 
 
 def _attack_hash() -> str:
@@ -51,6 +52,11 @@ def cell_key(method: str, concept: str, erase_seed: int | None) -> str:
     return f"{method}|{concept}|{erase_seed}|{_method_hash(method, conf)}|{_attack_hash()}"
 
 
+def restarts_key(method: str, concept: str, erase_seed: int | None) -> str:
+    """The cache key of a cell's further textual-inversion runs (attack seeds 1 .. TI_RESTARTS - 1)."""
+    return f"{cell_key(method, concept, erase_seed)}|ti-restarts-{TI_RESTARTS}"
+
+
 def cells_todo(methods=None) -> list[tuple[str, int | None]]:
     from erase.methods import available
 
@@ -62,7 +68,9 @@ def cells_todo(methods=None) -> list[tuple[str, int | None]]:
 
 def run_cells(methods=None, concepts=CONCEPTS, log=print) -> Cells:
     """Compute every missing cell: each method's erasure, its scores and every attack on it, then
-    the base model attacked (what an attack does with no erasure in its way)."""
+    the base model attacked (what an attack does with no erasure in its way); then, for every
+    erasure, textual inversion again with attack seeds 1 .. TI_RESTARTS - 1 from the same images
+    (the erasure is made again: it is deterministic)."""
     import torch
 
     from erase import erase_concepts, load_pipeline
@@ -107,6 +115,24 @@ def run_cells(methods=None, concepts=CONCEPTS, log=print) -> Cells:
                        **{k: row[k] for k in ("UA", "IRA", "CRA", "UA_heldout") if k in row},
                        "attacks": post, "erase_s": erase_s, "peak": peak,
                        "components": result.components() if result is not None else [], "cell_s": round(time.time() - t0, 1)})
+
+    for method, seed in cells_todo(methods):
+        if method == BASE:
+            continue
+        for concept in concepts:
+            key = restarts_key(method, concept, seed)
+            if cells.get(key) or not cells.get(cell_key(method, concept, seed)):
+                continue
+            t0 = time.time()
+            result = erase_concepts(pipe, [concept], method=method, config={"seed": seed}, inplace=False)
+            cfg = make_config("ti", toyworld=True)
+            shared = data.setdefault(concept, AttackData(pipe, concept)).get("ti", cfg)
+            uas = [run_attack(pipe, concept, "ti", dataclasses.replace(cfg, seed=cfg.seed + k), erasure=result, data=shared,
+                              seeds=(SCORE_SEED,), judge=judge).ua for k in range(1, TI_RESTARTS)]
+            log(f"[robustness] {method} (seed {seed}) {concept}: ti with attack seeds 1-{TI_RESTARTS - 1}: "
+                + ", ".join(_pct(u) for u in uas) + f" ({time.time() - t0:.0f} s)")
+            cells.add({"key": key, "method": method, "erase_seed": seed, "concept": concept, "ti_restarts": uas,
+                       "cell_s": round(time.time() - t0, 1)})
     return cells
 
 
@@ -115,8 +141,8 @@ def render(cells: Cells, header: str = "") -> str:
     todo = cells_todo()
     lines = [header] if header else []
     lines += ["| method | erasure seed | concept | UA % | IRA % | CRA % | UA held-out % | "
-              + " | ".join(f"post-{a} UA %" for a in ATTACKS) + " | min post-attack UA % | erase s |",
-              "|---|---|---|---|---|---|---|" + "---|" * len(ATTACKS) + "---|---|"]
+              + " | ".join(f"post-{a} UA %" for a in ATTACKS) + f" | post-ti UA %, best of {TI_RESTARTS} | min post-attack UA % | erase s |",
+              "|---|---|---|---|---|---|---|" + "---|" * len(ATTACKS) + "---|---|---|"]
     missing = []
     for method, seed in todo:
         for concept in CONCEPTS:
@@ -125,9 +151,14 @@ def render(cells: Cells, header: str = "") -> str:
                 missing.append(f"{method} (seed {seed}) {concept}" if seed is not None else f"{method} {concept}")
                 continue
             post = [r["attacks"][a]["UA"] for a in ATTACKS]
+            again = cells.get(restarts_key(method, concept, seed)) if method != BASE else None
+            best_ti = min([post[ATTACKS.index("ti")], *again["ti_restarts"]]) if again else None
+            if again is None and method != BASE:
+                missing.append(f"ti restarts of {method} (seed {seed}) {concept}")
             lines.append(f"| {method} | {'–' if seed is None else seed} | {concept} | {_pct(r['UA'])} | {_pct(r['IRA'])} | "
                          f"{_pct(r['CRA'])} | {_pct(r['UA_heldout'])} | " + " | ".join(_pct(p) for p in post)
-                         + f" | {_pct(min(post))} | {r['erase_s']:.0f} |")
+                         + f" | {'–' if best_ti is None else _pct(best_ti)} | {_pct(min([*post, *([best_ti] if again else [])]))}"
+                         f" | {r['erase_s']:.0f} |")
     if missing:
         lines += ["", "Not measured yet (the suite is resumable; these cells had not finished when this table was "
                   "written): " + "; ".join(missing) + "."]
@@ -136,8 +167,10 @@ def render(cells: Cells, header: str = "") -> str:
               "assign to the concept; the base model's row shows what each attack produces with no erasure in its way. "
               "Attacks with their toy-world presets (configs/attacks/toyworld.yaml): `ti` one new token, 150 steps on 64 "
               "base-model images; `prompt` UnlearnDiffAtk-style discrete prefix tokens; `relapse` 200 steps of fine-tuning on "
-              "64 retain images (the UNet, and the text encoder when the erasure changed it). Erase s: the erasure's own time "
-              "on this shared CPU."]
+              "64 retain images (the UNet, and the text encoder when the erasure changed it). "
+              f"Best of {TI_RESTARTS}: the lowest post-`ti` UA over attack seeds 0 .. {TI_RESTARTS - 1} from the same images, what an "
+              "attacker who restarts gets (one run's outcome varies a lot with its seed, docs/attacks.md); "
+              "the min column counts it. Erase s: the erasure's own time on this shared CPU."]
     return "\n".join(lines) + "\n"
 
 
