@@ -106,7 +106,8 @@ def test_panel_attacks_the_erasure_and_shows_images_and_ua(panel, erasure, model
     session = session_with(model, erasure)
     before_weights = weights(pipe)
     rec = Recorder()
-    out = rb.run(session, ["ti", "relapse"], concept, "0", TINY, STEPS, GUIDANCE, progress=rec)
+    restarts = 2 if model == "" else 1  # toy world: each attack twice, the attacker's best run shown
+    out = rb.run(session, ["ti", "relapse"], concept, "0", TINY, STEPS, GUIDANCE, restarts, progress=rec)
     status, rows, original, erased, *rest = out
     galleries, details = dict(zip(rb.attacks, rest[:-1])), rest[-1]
     assert len(rest) == len(rb.attacks) + 1
@@ -130,8 +131,12 @@ def test_panel_attacks_the_erasure_and_shows_images_and_ua(panel, erasure, model
     assert images_equal([im for im, _ in original], generate(pipe, prompts, seeds, steps=STEPS, guidance_scale=GUIDANCE))
     assert images_equal([im for im, _ in erased], generate(pipe, prompts, seeds, steps=STEPS, guidance_scale=GUIDANCE, result=erasure))
 
-    assert [r[0] for r in rows] == ["original", "erased (uce)", "ti attack", "relapse attack"]
+    best = " (best of 2)" if restarts == 2 else ""
+    assert [r[0] for r in rows] == ["original", "erased (uce)", f"ti attack{best}", f"relapse attack{best}"]
     assert all(r[1] == concept for r in rows)
+    if restarts == 2:
+        runs = details["ti"]["stats"]["restarts"]
+        assert len(runs["UA"]) == 2 and rows[2][2] == pytest.approx(100 * min(runs["UA"]), abs=0.05) and "ran 2 times" in status
     if model == "":  # the judge's UA, in %, for the erasure and after each attack
         for r in rows:
             assert isinstance(r[2], float) and 0.0 <= r[2] <= 100.0, r
@@ -145,7 +150,8 @@ def test_panel_attacks_the_erasure_and_shows_images_and_ua(panel, erasure, model
         assert all(r[2] is None for r in rows) and "toy world" in status
     assert set(details) == {"ti", "relapse"} and details["ti"]["config"]["steps"] == 2  # the settings were applied
     descs = [d for _, d in rec.calls]
-    assert any("ti: attack: textual inversion" in d for d in descs) and any("relapse" in d for d in descs)
+    first = "ti: restart 1/2: attack: textual inversion" if restarts == 2 else "ti: attack: textual inversion"
+    assert any(first in d for d in descs) and any("relapse" in d for d in descs)
 
 
 def test_errors_are_one_line_messages(panel, erasure, model, concept):
@@ -166,6 +172,13 @@ def test_errors_are_one_line_messages(panel, erasure, model, concept):
         rec = Recorder()
         with pytest.raises(gr.Error, match=message) as e:
             rb.run(session, attacks, c, "0", settings, STEPS, GUIDANCE, progress=rec)
+        assert "\n" not in e.value.message
+        assert rec.calls == []  # refused before any work
+    bad_restarts = [(0, "restarts must be a positive integer")] + ([] if model == "" else [(2, "toy world's judge")])
+    for restarts, message in bad_restarts:
+        rec = Recorder()
+        with pytest.raises(gr.Error, match=message) as e:
+            rb.run(session_with(model, erasure), ["ti"], concept, "0", TINY, STEPS, GUIDANCE, restarts, progress=rec)
         assert "\n" not in e.value.message
         assert rec.calls == []  # refused before any work
 

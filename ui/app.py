@@ -157,6 +157,9 @@ def build_app(model: str | None = None, *, config: str | None = None, cache: Mod
                     attack_concept = gr.Dropdown(choices=[], value=None, allow_custom_value=True, label="Erased concept to attack",
                                                  info="a concept of the current erasure (empty: its first)", elem_id="attack-concept")
                     attack_seeds = gr.Textbox("0", label="Scoring seeds", elem_id="attack-seeds")
+                    attack_restarts = gr.Number(1, precision=0, minimum=1, maximum=10, label="Restarts",
+                                                info="bundled model: run each attack N times, keep the attacker's best run",
+                                                elem_id="attack-restarts")
                 attack_settings = gr.Textbox("", label="Attack settings (optional)", elem_id="attack-settings",
                                              placeholder="attack.key=value, e.g. ti.steps=300, relapse.lr=1e-4 "
                                                          "(defaults: toy-world presets on the bundled model, else the papers')")
@@ -229,7 +232,8 @@ def build_app(model: str | None = None, *, config: str | None = None, cache: Mod
         loaded.success(**attack_concepts)
         cancel_btn.click(cb.cancel, session, erase_status, queue=False, api_name="cancel")
         attack_outputs = [attack_status, attack_table, attack_before, attack_after, *attack_galleries, attack_details]
-        attack_btn.click(rb.run, [session, attack_choice, attack_concept, attack_seeds, attack_settings, steps, guidance],
+        attack_btn.click(rb.run, [session, attack_choice, attack_concept, attack_seeds, attack_settings, steps, guidance,
+                                  attack_restarts],
                          attack_outputs, api_name="run_attacks", **ENGINE)
         attack_cancel_btn.click(rb.cancel, session, attack_status, queue=False, api_name="cancel_attacks")
         compare_btn.click(cb.compare, compare_inputs, compare_outputs, api_name="compare", **ENGINE)

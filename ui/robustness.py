@@ -1,7 +1,7 @@
 """The erasure tab's Robustness panel: attack the current erasure and show what comes back.
 
     rb = RobustnessCallbacks(diffusion_callbacks)       # ui.diffusion.DiffusionCallbacks
-    rb.run(session, ["ti"], "circle", "0", "ti.steps=50", 25, 7.5)
+    rb.run(session, ["ti"], "circle", "0", "ti.steps=50", 25, 7.5, 3)   # last: restarts (toy world: the best of 3 runs)
 
 For the concept picked from the session's erasure, the panel renders the attacked prompts'
 plain versions with the base model ("original") and with the erasure ("erased"), then runs each
@@ -102,11 +102,12 @@ class RobustnessCallbacks:
                            title="Not erased", print_exception=False)
         return pipe, result, names, match[0]
 
-    def run(self, session: Session, attacks, concept, seeds_text, settings_text="", steps=None, guidance=None,
+    def run(self, session: Session, attacks, concept, seeds_text, settings_text="", steps=None, guidance=None, restarts=1,
             progress=gr.Progress()):
         """-> status markdown, UA table rows, original gallery, erased gallery, one gallery per
         attack in ``self.attacks`` (empty for attacks not run), details (dict)."""
         from erase.attacks import attack_prompts, check_attack_concept, judge_ua, make_config, run_attack
+        from erase.errors import EraseError
         from erase.robustness import AttackData
         from erase.evaluation import generate, sampling_defaults
         from erase.models import is_toyworld
@@ -121,6 +122,12 @@ class RobustnessCallbacks:
                 samp["steps"] = int(steps)
             if guidance is not None:
                 samp["guidance_scale"] = float(guidance)
+            restarts = 1 if restarts is None else int(restarts)
+            if restarts < 1:
+                raise EraseError(f"restarts must be a positive integer, got {restarts}")
+            if restarts > 1 and not toy:
+                raise EraseError("restarts > 1 keep the attacker's best run, which needs the bundled toy world's judge; "
+                                 "on this model run the attack again with another seed (ti.seed=1) and compare the images")
             overrides = parse_attack_settings(settings_text, names)
             cfgs = {a: make_config(a, overrides.get(a), toyworld=toy) for a in names}  # bad settings: before slow work
             target = check_attack_concept(pipe, concept)
@@ -168,7 +175,7 @@ class RobustnessCallbacks:
                 for i, a in enumerate(names):
                     cfg = cfgs[a]
                     outcomes[a] = run_attack(pipe, target, a, cfg, erasure=result, data=data.get(a, cfg, reporter(i, a)), seeds=seeds,
-                                             progress=reporter(i, a), judge=judge, sampling=samp)
+                                             progress=reporter(i, a), judge=judge, sampling=samp, restarts=restarts)
                 ua_before = judge_ua(before, target, judge) if toy else None
                 ua_after = judge_ua(after, target, judge) if toy else None
         except Cancelled:
@@ -182,8 +189,9 @@ class RobustnessCallbacks:
         n = len(prompts)
         rows = [["original", target, _pct(ua_before), n, prompts[0], None],
                 [f"erased ({result.method})", target, _pct(ua_after), n, prompts[0], None]]
+        best = f" (best of {restarts})" if restarts > 1 else ""
         for a, r in outcomes.items():
-            rows.append([f"{a} attack", target, _pct(r.ua), len(r.images), r.prompts[0] if r.prompts else "",
+            rows.append([f"{a} attack{best}", target, _pct(r.ua), len(r.images), r.prompts[0] if r.prompts else "",
                          r.stats.get("seconds")])
         status = (f"**Attacked** the erasure of '{target}' ({result.method}) with {', '.join(names)} in "
                   f"{time.perf_counter() - start:.0f} s: {n} images per gallery (prompts × seeds, the same in every gallery), "
@@ -191,6 +199,10 @@ class RobustnessCallbacks:
         if toy:
             status += (f" **UA** (share the judge does not call '{target}'; lower after an attack = the concept came back): "
                        f"erased {_pct(ua_after)} %, " + ", ".join(f"after {a} {_pct(r.ua)} %" for a, r in outcomes.items()) + ".")
+            if restarts > 1:
+                status += (f" Each attack ran {restarts} times from the same images with successive attack seeds; the "
+                           "galleries show its best run (post-attack UA of the runs: "
+                           + "; ".join(f"{a} " + ", ".join(f"{_pct(u)} %" for u in r.stats["restarts"]["UA"]) for a, r in outcomes.items()) + ").")
         else:
             status += " Post-attack UA needs the judge of the bundled toy world: compare the images."
         details = {a: {"config": r.config, "stats": r.stats,
