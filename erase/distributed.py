@@ -126,7 +126,7 @@ class Shard:
     def gather(self, count: int, make: Callable[[int], object]) -> list:
         """``[make(0), ..., make(count - 1)]`` on every process, each process making every
         ``world``-th item (process k: k, k + world, ...). Items are tensors or tuples of tensors,
-        sent between the processes as CPU tensors."""
+        sent between this job's own processes as CPU tensors (``all_gather_object``)."""
         if not self.active:
             return [make(i) for i in range(count)]
         import torch.distributed as dist
