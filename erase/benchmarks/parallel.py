@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -132,8 +133,11 @@ def run(quick: bool = False) -> str:
 
     folder = Path(tempfile.mkdtemp(prefix="erase-parallel-"))
     methods = METHODS[:1] if quick else METHODS
-    rows = [r for m in methods for r in _one_job(m, folder, score=not quick)]
-    small = _small_jobs(folder)
+    try:
+        rows = [r for m in methods for r in _one_job(m, folder, score=not quick)]
+        small = _small_jobs(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
         "## Erasing across processes (accelerate launch, CPU)",
