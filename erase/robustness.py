@@ -95,7 +95,7 @@ def evaluate(
     attacker's best run, the lowest post-attack UA (see erase.attacks.run_attack). Returns the
     report (a dict; ``report["table"]`` is the text table).
     """
-    from erase.attacks import erased_weights, make_config, run_attack
+    from erase.attacks import check_restarts, erased_weights, make_config, run_attack
     from erase.models import is_toyworld, load_pipeline
 
     start = time.perf_counter()
@@ -103,8 +103,7 @@ def evaluate(
     if len(given) > 1:
         raise EraseError("give at most one of delta, erased, result, method and apply")
     names = _parse_attacks(attacks)
-    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
-        raise EraseError(f"restarts must be a positive integer, got {restarts!r}")
+    check_restarts(restarts)  # the type now, the toy-world condition once the model is known
     if sampling_steps is not None and (not isinstance(sampling_steps, int) or sampling_steps < 1):
         raise EraseError(f"sampling_steps must be a positive integer, got {sampling_steps!r}")
     sampling = {"steps": sampling_steps} if sampling_steps else {}
@@ -123,9 +122,7 @@ def evaluate(
 
     concept = check_attack_concept(base, concept)
     cfgs = {a: make_config(a, configs.get(a), toyworld=toy) for a in names}  # checked before any slow work
-    if restarts > 1 and names and not toy:
-        raise EraseError("restarts > 1 keeps the attacker's best run, which needs the toy world's judge to tell; on "
-                         "another model run the attack with several seeds (--set ti.seed=N) and look at each run's images")
+    check_restarts(restarts, toy or not names)
 
     target, weights, erasure_info = base, None, {"kind": "none (the base model itself)"}
     if apply is not None:

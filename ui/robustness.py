@@ -106,8 +106,7 @@ class RobustnessCallbacks:
             progress=gr.Progress()):
         """-> status markdown, UA table rows, original gallery, erased gallery, one gallery per
         attack in ``self.attacks`` (empty for attacks not run), details (dict)."""
-        from erase.attacks import attack_prompts, check_attack_concept, judge_ua, make_config, run_attack
-        from erase.errors import EraseError
+        from erase.attacks import attack_prompts, check_attack_concept, check_restarts, judge_ua, make_config, run_attack
         from erase.robustness import AttackData
         from erase.evaluation import generate, sampling_defaults
         from erase.models import is_toyworld
@@ -123,11 +122,7 @@ class RobustnessCallbacks:
             if guidance is not None:
                 samp["guidance_scale"] = float(guidance)
             restarts = 1 if restarts is None else int(restarts)
-            if restarts < 1:
-                raise EraseError(f"restarts must be a positive integer, got {restarts}")
-            if restarts > 1 and not toy:
-                raise EraseError("restarts > 1 keep the attacker's best run, which needs the bundled toy world's judge; "
-                                 "on this model run the attack again with another seed (ti.seed=1) and compare the images")
+            check_restarts(restarts, toy)
             overrides = parse_attack_settings(settings_text, names)
             cfgs = {a: make_config(a, overrides.get(a), toyworld=toy) for a in names}  # bad settings: before slow work
             target = check_attack_concept(pipe, concept)

@@ -324,6 +324,17 @@ def judge_ua(images, concept: str, judge=None) -> float:
     return float((pred != KINDS[kind].index(concept)).mean())
 
 
+def check_restarts(restarts, toyworld: bool | None = None) -> None:
+    """EraseError unless ``restarts`` is a positive integer, and 1 off the toy world (choosing the
+    attacker's best run needs its judge; ``toyworld`` None: the model is not known yet)."""
+    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
+        raise EraseError(f"restarts must be a positive integer, got {restarts!r}")
+    if restarts > 1 and toyworld is False:
+        raise EraseError("restarts > 1 keeps the attacker's best run, which needs the toy world's judge to tell; on "
+                         "another model run the attack with several seeds (its config's seed, e.g. ti.seed=1) and look "
+                         "at each run's images")
+
+
 def run_attack(pipe, concept: str, attack: str = "ti", config=None, *, erasure=None, images=None, data=None,
                seeds: Sequence[int] = (0,), progress=None, judge=None, sampling: Mapping | None = None,
                restarts: int = 1) -> AttackResult:
@@ -343,11 +354,7 @@ def run_attack(pipe, concept: str, attack: str = "ti", config=None, *, erasure=N
     """
     from erase.models import is_toyworld
 
-    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
-        raise EraseError(f"restarts must be a positive integer, got {restarts!r}")
-    if restarts > 1 and not is_toyworld(pipe):
-        raise EraseError("restarts > 1 keeps the attacker's best run, which needs the toy world's judge to tell; on "
-                         "another model run the attack with several seeds (its config's seed) and look at each run's images")
+    check_restarts(restarts, is_toyworld(pipe))
     if restarts == 1:
         return _attack_once(pipe, concept, attack, config, erasure=erasure, images=images, data=data, seeds=seeds,
                             progress=progress, judge=judge, sampling=sampling)

@@ -127,8 +127,10 @@ def run_cells(methods=None, concepts=CONCEPTS, log=print) -> Cells:
             result = erase_concepts(pipe, [concept], method=method, config={"seed": seed}, inplace=False)
             cfg = make_config("ti", toyworld=True)
             shared = data.setdefault(concept, AttackData(pipe, concept)).get("ti", cfg)
-            uas = [run_attack(pipe, concept, "ti", dataclasses.replace(cfg, seed=cfg.seed + k), erasure=result, data=shared,
-                              seeds=(SCORE_SEED,), judge=judge).ua for k in range(1, TI_RESTARTS)]
+            # attack seeds 1 .. TI_RESTARTS - 1 (seed 0 is the cell's own run), from the same images
+            again = run_attack(pipe, concept, "ti", dataclasses.replace(cfg, seed=cfg.seed + 1), erasure=result, data=shared,
+                               seeds=(SCORE_SEED,), judge=judge, restarts=TI_RESTARTS - 1)
+            uas = again.stats["restarts"]["UA"]
             log(f"[robustness] {method} (seed {seed}) {concept}: ti with attack seeds 1-{TI_RESTARTS - 1}: "
                 + ", ".join(_pct(u) for u in uas) + f" ({time.time() - t0:.0f} s)")
             cells.add({"key": key, "method": method, "erase_seed": seed, "concept": concept, "ti_restarts": uas,
