@@ -24,7 +24,7 @@ from erase import methods
 from erase.errors import EraseError
 from erase.models import is_toyworld, resolve_mixed_precision
 from erase.prompts import prompt_source_for
-from erase.training import ProgressFn, scope_component, select_tensors
+from erase.training import ProgressFn, scope_component, select_tensors, text_encoder_names
 
 __all__ = [
     "ErasureResult", "erase_concepts", "normalise_concepts", "config_for", "load_tensors", "load_unet_tensors",
@@ -32,12 +32,12 @@ __all__ = [
 ]
 
 
-COMPONENTS = ("unet", "text_encoder")  # the trainable parts of a pipeline a change may touch
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # the trainable parts of a pipeline a change may touch (SDXL has two text encoders)
 
 
 def split_name(key: str) -> tuple[str, str]:
-    """('unet' | 'text_encoder', parameter name) of a tensor key. Keys name their component with
-    a prefix ('text_encoder.text_model…', 'unet.down_blocks…'); a key without one is a UNet
+    """('unet' | 'text_encoder' | 'text_encoder_2', parameter name) of a tensor key. Keys name their
+    component with a prefix ('text_encoder.text_model…', 'unet.down_blocks…'); a key without one is a UNet
     parameter (how deltas, ESD's and UCE's own scripts name UNet tensors)."""
     for component in COMPONENTS:
         if key.startswith(component + "."):
@@ -222,10 +222,16 @@ def erase_concepts(
     for setting, n in cfg.split_items().items():  # data-parallel: every process needs a share of each batch
         job.shard.require(n, setting)
     scope = cfg.parameter_scope()
-    # a text encoder kept in half precision (a GPU's frozen parts) trains in fp32 and goes back after
-    half_encoder = pipe.text_encoder.dtype if scope_component(scope) == "text_encoder" and pipe.text_encoder.dtype != torch.float32 else None
+    # text encoders kept in half precision (a GPU's frozen parts) train in fp32 and go back after
+    encoders = [getattr(pipe, n) for n in text_encoder_names(pipe)]
+    half_encoder = encoders[0].dtype if scope_component(scope) == "text_encoder" and encoders[0].dtype != torch.float32 else None
+
+    def encoders_to(dtype):
+        for te in encoders:
+            te.to(dtype)
+
     if half_encoder is not None:
-        pipe.text_encoder.to(torch.float32)
+        encoders_to(torch.float32)
     trainable = select_tensors(pipe, scope)
     snapshot = {n: p.detach().to("cpu", copy=True) for n, p in trainable.items()}  # fp32, so changes compare exactly
     set_seed(cfg.seed)
@@ -235,7 +241,7 @@ def erase_concepts(
     except BaseException as e:
         load_tensors(pipe, snapshot)
         if half_encoder is not None:
-            pipe.text_encoder.to(half_encoder)
+            encoders_to(half_encoder)
         if isinstance(e, torch.cuda.OutOfMemoryError) or (
             isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e))
         ):
@@ -245,13 +251,14 @@ def erase_concepts(
         raise
     finally:
         pipe.unet.eval()
-        pipe.text_encoder.eval()
+        for te in encoders:
+            te.eval()
     seconds = time.perf_counter() - start
 
     changed = {n: trainable[n].detach().to("cpu", torch.float32, copy=True) for n in snapshot
                if not torch.equal(trainable[n].detach().cpu(), snapshot[n])}
     if half_encoder is not None:
-        pipe.text_encoder.to(half_encoder)
+        encoders_to(half_encoder)
     mask = stats.pop("mask", None)
     stats.update(seconds=seconds, changed_tensors=len(changed), changed_parameters=sum(t.numel() for t in changed.values()))
     if job.shard.active:

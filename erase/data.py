@@ -34,15 +34,16 @@ class PromptSet:
 
 @torch.no_grad()
 def encode_prompts(pipe, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Text-encoder outputs (fp32) and padded ids, exactly as the pipeline conditions its UNet."""
+    """The UNet's text conditioning (fp32), exactly as the pipeline makes it, and the first
+    tokenizer's padded ids. On SDXL the conditioning is packed (see erase.conditioning)."""
     from erase.concepts import tokenize
+    from erase.conditioning import encode, text_encoders
 
-    ids = tokenize(pipe.tokenizer, list(prompts))
-    te = pipe.text_encoder
+    ids = [tokenize(tok, list(prompts)) for tok, _ in text_encoders(pipe)]
     out = []
-    for chunk in ids.split(32):
-        out.append(te(chunk.to(te.device))[0].float())
-    return torch.cat(out), ids
+    for start in range(0, len(prompts), 32):
+        out.append(encode(pipe, ids=[i[start : start + 32] for i in ids]))
+    return torch.cat(out), ids[0]
 
 
 @torch.no_grad()

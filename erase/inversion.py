@@ -16,15 +16,19 @@ lambda = min(1, 100 * lr).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.nn.functional as F
 
 from erase.concepts import concept_positions, concept_token_ids
+from erase.conditioning import unet_inputs
 from erase.errors import EraseError
 
-__all__ = ["slot_ids", "slotted_prompts", "injected", "encode_with_vectors", "init_vectors", "learn_vectors"]
+__all__ = [
+    "slot_ids", "slotted_prompts", "slotted", "injected", "encode_with_vectors", "init_vectors", "learn_vectors",
+    "embedding_table",
+]
 
 
 def slot_ids(tokenizer, prompt: str, concept: str, n: int) -> tuple[torch.Tensor, list[int]]:
@@ -64,6 +68,29 @@ class _Hook:
         return out
 
 
+def embedding_table(pipe) -> torch.Tensor:
+    """The vocabulary's input embeddings (V, D), detached fp32 on the CPU. On SDXL each row is the
+    two text encoders' embeddings of that token side by side (D = 768 + 1280 on the real model),
+    and a learned vector is split the same way, one part per encoder."""
+    from erase.conditioning import text_encoders
+
+    tables = [te.get_input_embeddings().weight.detach().float().cpu() for _, te in text_encoders(pipe)]
+    return tables[0] if len(tables) == 1 else torch.cat(tables, dim=1)
+
+
+def slotted(pipe, prompts: Sequence[str], concept: str, n: int) -> tuple[torch.Tensor, list[list[int]]]:
+    """(ids, slots) for ``pipe``'s text encoders: ids (N, L), or (N, E, L) with one row per
+    tokenizer where there are E of them (SDXL: they pad differently); the slots are the same."""
+    from erase.conditioning import text_encoders
+
+    made = [slotted_prompts(tok, prompts, concept, n) for tok, _ in text_encoders(pipe)]
+    if len(made) == 1:
+        return made[0]
+    if any(m[1] != made[0][1] for m in made[1:]):
+        raise EraseError(f"the text encoders' tokenizers split {concept!r} differently; learned tokens need the same positions")
+    return torch.stack([m[0] for m in made], dim=1), made[0][1]
+
+
 @contextmanager
 def injected(text_encoder, vectors: torch.Tensor, slots: Sequence[Sequence[int]]):
     """While inside, the text encoder embeds ``vectors`` at each prompt's slot positions."""
@@ -75,17 +102,25 @@ def injected(text_encoder, vectors: torch.Tensor, slots: Sequence[Sequence[int]]
 
 
 def encode_with_vectors(pipe, ids: torch.Tensor, slots: Sequence[Sequence[int]], vectors: torch.Tensor) -> torch.Tensor:
-    """Text-encoder outputs (fp32) for padded ``ids`` with ``vectors`` at the slots (keeps the graph)."""
-    te = pipe.text_encoder
-    with injected(te, vectors, slots):
-        return te(ids.to(te.device))[0].float()
+    """The UNet's conditioning (fp32; packed on SDXL) for padded ``ids`` (as :func:`slotted` makes
+    them) with ``vectors`` at the slots; keeps the graph. On SDXL each encoder gets its part of
+    every vector (see :func:`embedding_table`)."""
+    from erase.conditioning import encode, text_encoders
+
+    encoders = [te for _, te in text_encoders(pipe)]
+    per_encoder = list(ids.unbind(1)) if ids.ndim == 3 else [ids] * len(encoders)
+    parts = vectors.split([te.get_input_embeddings().weight.shape[1] for te in encoders], dim=-1)
+    with ExitStack() as stack:
+        for te, part in zip(encoders, parts):
+            stack.enter_context(injected(te, part, slots))
+        return encode(pipe, ids=per_encoder)
 
 
 @torch.no_grad()
 def init_vectors(pipe, concept: str, n: int, seed: int) -> torch.Tensor:
     """The concept's own token embeddings first, then random vectors of the vocabulary's mean norm
     (the reference initialises from the concept's words and ``<rand>``)."""
-    table = pipe.text_encoder.get_input_embeddings().weight.detach().float().cpu()
+    table = embedding_table(pipe)
     ids = concept_token_ids(pipe.tokenizer, concept)
     gen = torch.Generator().manual_seed(seed)
     rand = torch.randn(n, table.shape[1], generator=gen)
@@ -108,14 +143,17 @@ def learn_vectors(
     if n < 1 or steps < 1:
         raise EraseError(f"textual inversion needs at least one token and one step, got {n} tokens, {steps} steps")
     device = next(pipe.unet.parameters()).device
-    ids, slots = slotted_prompts(pipe.tokenizer, prompts, concept, n)
-    if init is not None and tuple(init.shape) != (n, pipe.text_encoder.get_input_embeddings().weight.shape[1]):
-        raise EraseError(f"initial vectors have shape {tuple(init.shape)}, expected ({n}, embedding width)")
+    from erase.conditioning import text_encoders
+
+    ids, slots = slotted(pipe, prompts, concept, n)
+    table = embedding_table(pipe)
+    if init is not None and tuple(init.shape) != (n, table.shape[1]):
+        raise EraseError(f"initial vectors have shape {tuple(init.shape)}, expected ({n}, {table.shape[1]}): the embedding width")
     start = init_vectors(pipe, concept, n, seed) if init is None else init.detach().float().cpu()
     vectors = start.clone().to(device).requires_grad_(True)
-    target_norm = pipe.text_encoder.get_input_embeddings().weight.detach().float().norm(dim=-1).mean().item()
+    target_norm = table.norm(dim=-1).mean().item()
     opt = torch.optim.AdamW([vectors], lr=lr, weight_decay=weight_decay)
-    modules = [pipe.unet, pipe.text_encoder]
+    modules = [pipe.unet] + [te for _, te in text_encoders(pipe)]
     flags = [{n_: p.requires_grad for n_, p in m.named_parameters()} for m in modules]
     gen = torch.Generator().manual_seed(seed)
     decay = min(1.0, 100 * lr) if norm_decay is None else float(norm_decay)
@@ -128,7 +166,7 @@ def learn_vectors(
             x_t, noise, t = add_noise(scheduler, x0, gen)
             with autocast() if autocast is not None else torch.enable_grad():
                 emb = encode_with_vectors(pipe, ids[idx], [slots[i] for i in idx.tolist()], vectors)
-                pred = pipe.unet(x_t, t, encoder_hidden_states=emb.to(pipe.unet.dtype)).sample
+                pred = pipe.unet(x_t, t, **unet_inputs(pipe.unet, emb.to(pipe.unet.dtype))).sample
             loss = F.mse_loss(pred.float(), diffusion_target(scheduler, x0, noise, t).float())
             if not torch.isfinite(loss):
                 raise EraseError(f"textual inversion loss became {loss.item()} at step {step}: lower ti_lr")

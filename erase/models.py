@@ -28,7 +28,14 @@ import torch
 
 from erase.errors import EraseError
 
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline",)
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+SUPPORTED_TEXT = "Stable Diffusion 1.x/2.x (StableDiffusionPipeline) and SDXL (StableDiffusionXLPipeline)"
+# Pipelines whose denoiser is a transformer (MMDiT/DiT): no UNet cross-attention for the methods to edit.
+_TRANSFORMER_PIPELINES = ("StableDiffusion3", "Flux", "PixArt", "Sana", "HunyuanDiT", "AuraFlow", "Lumina", "CogView", "Qwen")
+_PIPELINE_FOLDERS = {
+    "StableDiffusionPipeline": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "StableDiffusionXLPipeline": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+}
 TOYWORLD_MARKER = "toyworld.json"  # written beside model_index.json by the toy world's export
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -47,7 +54,7 @@ class ModelInfo:
 
     source: str  # what the user passed (or "bundled:toyworld")
     kind: str  # "bundled" | "hub" | "folder" | "single-file"
-    family: str  # "sd1" | "sd2" | "toyworld" | "custom"
+    family: str  # "sd1" | "sd2" | "sdxl" | "toyworld" | "custom"
 
     @property
     def toyworld(self) -> bool:
@@ -138,7 +145,9 @@ def place_pipeline(pipe, device: torch.device | str, mixed_precision: str):
     frozen_dtype = half_dtype(mixed_precision)
     if frozen_dtype != torch.float32:
         pipe.vae.to(dtype=frozen_dtype)
-        pipe.text_encoder.to(dtype=frozen_dtype)
+        for name in ("text_encoder", "text_encoder_2"):
+            if getattr(pipe, name, None) is not None:
+                getattr(pipe, name).to(dtype=frozen_dtype)
     pipe.erase_mixed_precision = mixed_precision
     return pipe
 
@@ -148,16 +157,20 @@ def sampling_autocast(pipe):
     the UNet's (frozen parts in bf16/fp16 on a GPU, the UNet's fp32 master weights), else nothing."""
     from contextlib import nullcontext
 
-    half = pipe.text_encoder.dtype
+    half = (pipe.text_encoder or pipe.text_encoder_2).dtype
     if half == pipe.unet.dtype:
         return nullcontext()
     return torch.autocast(pipe.unet.device.type, dtype=half)
 
 
 def model_family(pipe, location: str | None = None) -> str:
-    """'toyworld' (a folder with toyworld.json), 'sd1' (768-d context), 'sd2' (1024-d) or 'custom'."""
+    """'toyworld' (a folder with toyworld.json), 'sdxl', 'sd1' (768-d context), 'sd2' (1024-d) or 'custom'."""
+    from erase.conditioning import is_sdxl
+
     if location is not None and (Path(location) / TOYWORLD_MARKER).is_file():
         return "toyworld"
+    if is_sdxl(pipe):
+        return "sdxl"
     dim = pipe.unet.config.cross_attention_dim
     dim = dim[0] if isinstance(dim, (list, tuple)) else dim
     return {768: "sd1", 1024: "sd2"}.get(int(dim), "custom")
@@ -169,7 +182,20 @@ def is_toyworld(pipe) -> bool:
     return bool(info is not None and info.toyworld)
 
 
-def _check_folder(path: Path) -> None:
+def check_pipeline_class(cls: str, where: str) -> str:
+    """``cls`` if erase supports it, else a one-line EraseError naming what is supported."""
+    if cls in SUPPORTED_PIPELINES:
+        return cls
+    if cls.startswith(_TRANSFORMER_PIPELINES):
+        raise EraseError(
+            f"unsupported pipeline {cls!r} in {where}: its denoiser is a transformer (MMDiT/DiT) with no UNet "
+            f"cross-attention for the methods to edit; erase supports {SUPPORTED_TEXT}"
+        )
+    raise EraseError(f"unsupported pipeline {cls!r} in {where}: erase supports {SUPPORTED_TEXT}")
+
+
+def _check_folder(path: Path) -> str:
+    """The folder's pipeline class, after checking it is one erase supports with all its parts."""
     index = path / "model_index.json"
     if not index.is_file():
         raise EraseError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
@@ -177,17 +203,15 @@ def _check_folder(path: Path) -> None:
         cls = json.loads(index.read_text()).get("_class_name", "")
     except json.JSONDecodeError as e:
         raise EraseError(f"{index} is not valid JSON: {e}") from None
-    if cls not in SUPPORTED_PIPELINES:
-        raise EraseError(
-            f"unsupported pipeline {cls!r} in {path}: erase supports Stable Diffusion 1.x/2.x "
-            f"({', '.join(SUPPORTED_PIPELINES)}); SDXL and other pipelines are not supported yet"
-        )
-    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+    check_pipeline_class(cls, str(path))
+    for sub in _PIPELINE_FOLDERS[cls]:
         if not (path / sub).is_dir():
             raise EraseError(f"pipeline folder {path} has no {sub}/ subfolder")
+    return cls
 
 
-def _check_single_file(path: Path) -> None:
+def _check_single_file(path: Path) -> str:
+    """The pipeline class a single-file checkpoint holds (by its tensor names), if erase supports it."""
     from safetensors import safe_open
 
     try:
@@ -195,10 +219,23 @@ def _check_single_file(path: Path) -> None:
             keys = list(f.keys())
     except Exception as e:  # noqa: BLE001 - any parse failure means a bad file
         raise EraseError(f"{path} is not a readable safetensors file: {e}") from None
-    if any(k.startswith("conditioner.embedders.1") for k in keys):
-        raise EraseError(f"{path} is an SDXL checkpoint; erase supports Stable Diffusion 1.x/2.x only")
+    if any(".joint_blocks." in k or k.startswith(("double_blocks.", "model.diffusion_model.double_blocks.")) for k in keys):
+        raise EraseError(
+            f"{path} is an SD 3 / FLUX checkpoint (an MMDiT transformer, no UNet cross-attention); erase supports {SUPPORTED_TEXT}"
+        )
     if not any(k.startswith("model.diffusion_model.") for k in keys):
         raise EraseError(f"{path} does not look like a Stable Diffusion checkpoint (no model.diffusion_model.* keys)")
+    if any(k.startswith("conditioner.embedders.1") for k in keys):
+        return "StableDiffusionXLPipeline"
+    return "StableDiffusionPipeline"
+
+
+def _hub_class(repo: str, local_files_only: bool) -> str:
+    """The pipeline class a Hub repo's model_index.json names (read before any weights come down)."""
+    from huggingface_hub import hf_hub_download
+
+    index = hf_hub_download(repo, "model_index.json", local_files_only=local_files_only)
+    return json.loads(Path(index).read_text()).get("_class_name", "")
 
 
 def _resolve(model: str | os.PathLike | None) -> tuple[str, str]:
@@ -243,23 +280,43 @@ def _quiet_libraries():
         dlog.enable_progress_bar(), tlog.enable_progress_bar()
 
 
-def _load(kind: str, location: str, config, local_files_only: bool, common: dict):
-    from diffusers import StableDiffusionPipeline
+def _pipeline_class(name: str):
+    import diffusers
 
+    return getattr(diffusers, name)
+
+
+def _arguments(cls: str, common: dict) -> dict:
+    """Loading arguments for ``cls``: the safety checker off for SD 1.x/2.x (SDXL has none)."""
+    if cls == "StableDiffusionPipeline":
+        return common
+    return {k: v for k, v in common.items() if k not in ("safety_checker", "requires_safety_checker")}
+
+
+def _load(kind: str, location: str, config, local_files_only: bool, common: dict):
     try:
         if kind in ("bundled", "folder"):
-            _check_folder(Path(location))
-            return StableDiffusionPipeline.from_pretrained(location, use_safetensors=True, local_files_only=True, **common)
+            cls = _check_folder(Path(location))
+            return _pipeline_class(cls).from_pretrained(location, use_safetensors=True, local_files_only=True, **_arguments(cls, common))
         if kind == "single-file":
-            _check_single_file(Path(location))
-            kwargs = dict(common, local_files_only=local_files_only)
+            cls = _check_single_file(Path(location))
+            kwargs = dict(_arguments(cls, common), local_files_only=local_files_only)
             if config is not None:
                 if Path(config).exists():
-                    _check_folder(Path(config))
+                    folder_cls = _check_folder(Path(config))
+                    if folder_cls != cls:
+                        raise EraseError(f"{location} is a {cls} checkpoint but its config {config} is a {folder_cls} folder")
                     kwargs["local_files_only"] = True
                 kwargs["config"] = str(config)
-            return StableDiffusionPipeline.from_single_file(location, **kwargs)
-        return StableDiffusionPipeline.from_pretrained(location, use_safetensors=True, local_files_only=local_files_only, **common)
+            elif cls == "StableDiffusionXLPipeline" and local_files_only:
+                raise EraseError(
+                    f"{location} is an SDXL single file: offline, pass config=<a local SDXL diffusers folder> "
+                    "(--config on the command line) so that its components can be built"
+                )
+            return _pipeline_class(cls).from_single_file(location, **kwargs)
+        cls = check_pipeline_class(_hub_class(location, local_files_only), location)
+        return _pipeline_class(cls).from_pretrained(location, use_safetensors=True, local_files_only=local_files_only,
+                                                    **_arguments(cls, common))
     except EraseError:
         raise
     except (OSError, ValueError, KeyError) as e:
@@ -280,12 +337,12 @@ def load_pipeline(
     mixed_precision: str | None = None,
     local_files_only: bool | None = None,
 ):
-    """Load a Stable Diffusion 1.x/2.x pipeline, ready for erasure.
+    """Load a Stable Diffusion 1.x/2.x or SDXL pipeline, ready for erasure.
 
     ``model``: None (the bundled toy-world model), a Hub id, a local diffusers folder or a
     ``.safetensors`` single-file checkpoint. ``config``: for single files, a local diffusers folder
     (or Hub id) whose component configs describe the checkpoint; needed offline.
-    Returns a ``StableDiffusionPipeline`` on ``device`` with ``pipe.erase_info`` (a ModelInfo)
+    Returns a ``StableDiffusionPipeline`` (or ``StableDiffusionXLPipeline``) on ``device`` with ``pipe.erase_info`` (a ModelInfo)
     and ``pipe.erase_mixed_precision`` set. Raises EraseError on bad input.
     """
     kind, location = _resolve(model)
@@ -298,7 +355,7 @@ def load_pipeline(
     with _quiet_libraries():
         pipe = _load(kind, location, config, local_files_only, common)
     if type(pipe).__name__ not in SUPPORTED_PIPELINES:
-        raise EraseError(f"unsupported pipeline {type(pipe).__name__}; erase supports Stable Diffusion 1.x/2.x")
+        raise EraseError(f"unsupported pipeline {type(pipe).__name__}; erase supports {SUPPORTED_TEXT}")
     place_pipeline(pipe, device, mixed_precision)
     pipe.erase_info = ModelInfo(source=str(model) if model is not None else "bundled:toyworld", kind=kind, family=model_family(pipe, location))
     logging.getLogger(__name__).info("loaded %s (%s) on %s, mixed precision %s", location, kind, device, mixed_precision)

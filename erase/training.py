@@ -25,7 +25,7 @@ SCOPES = (*UNET_SCOPES, "text_encoder")
 # progress(done, total, info) -> None; raise Cancelled inside it to stop the run.
 ProgressFn = Callable[[int, int, dict], None]
 
-__all__ = ["SCOPES", "UNET_SCOPES", "scope_component", "select_tensors", "Cancelled", "ProgressFn", "select_parameters", "Trainer", "TrainStats", "make_accelerator"]
+__all__ = ["SCOPES", "UNET_SCOPES", "scope_component", "scope_modules", "text_encoder_names", "select_tensors", "Cancelled", "ProgressFn", "select_parameters", "Trainer", "TrainStats", "make_accelerator"]
 
 
 class Cancelled(Exception):
@@ -37,18 +37,32 @@ def scope_component(scope: str) -> str:
     return "text_encoder" if scope == "text_encoder" else "unet"
 
 
+def text_encoder_names(pipe) -> list[str]:
+    """The pipeline's text encoders by attribute name: ['text_encoder'], or on SDXL both."""
+    return [n for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None]
+
+
+def scope_modules(pipe, scope: str) -> dict[str, nn.Module]:
+    """The components a scope trains, by name: the UNet, or every text encoder (SDXL: both)."""
+    if scope_component(scope) == "unet":
+        return {"unet": pipe.unet}
+    return {n: getattr(pipe, n) for n in text_encoder_names(pipe)}
+
+
 def select_parameters(module: nn.Module, scope: str) -> dict[str, nn.Parameter]:
     """Parameters a method may change. In a UNet: 'full', 'cross_attn' (all of attn2),
     'cross_attn_kv' (attn2's to_k/to_v) or 'no_cross_attn' (everything but attn2: ESD-u). In a
     CLIP text encoder: 'text_encoder' (its transformer layers and final layer norm, AdvUnlearn's
-    'text_encoder_full'; the token embeddings stay)."""
+    'text_encoder_full'; the token embeddings stay), and SDXL's second encoder's projection (it
+    makes the pooled embedding the UNet also sees)."""
     if scope not in SCOPES:
         raise EraseError(f"unknown trainable scope {scope!r}; choose from {', '.join(SCOPES)}")
     named = dict(module.named_parameters())
     if scope == "full":
         chosen = named
     elif scope == "text_encoder":
-        chosen = {n: p for n, p in named.items() if n.removeprefix("text_model.").startswith(("encoder.", "final_layer_norm."))}
+        chosen = {n: p for n, p in named.items()
+                  if n.removeprefix("text_model.").startswith(("encoder.", "final_layer_norm.")) or n == "text_projection.weight"}
     elif scope == "cross_attn":
         chosen = {n: p for n, p in named.items() if ".attn2." in n}
     elif scope == "no_cross_attn":
@@ -62,12 +76,12 @@ def select_parameters(module: nn.Module, scope: str) -> dict[str, nn.Parameter]:
 
 
 def select_tensors(pipe, scope: str) -> dict[str, nn.Parameter]:
-    """``select_parameters`` on the scope's component of ``pipe``, keyed as an ErasureResult keys
-    them (text-encoder names prefixed 'text_encoder.')."""
+    """``select_parameters`` on the scope's components of ``pipe``, keyed as an ErasureResult keys
+    them (text-encoder names prefixed 'text_encoder.' or 'text_encoder_2.')."""
     from erase.api import qualified_name
 
-    component = scope_component(scope)
-    return {qualified_name(component, n): p for n, p in select_parameters(getattr(pipe, component), scope).items()}
+    return {qualified_name(component, n): p for component, module in scope_modules(pipe, scope).items()
+            for n, p in select_parameters(module, scope).items()}
 
 
 def make_accelerator(mixed_precision: str, device: torch.device):

@@ -33,10 +33,15 @@ def test_unsupported_and_malformed_folders(tiny_folder, tmp_path):
     sdxl = tmp_path / "sdxl"
     shutil.copytree(tiny_folder, sdxl)
     index = json.loads((sdxl / "model_index.json").read_text())
-    index["_class_name"] = "StableDiffusionXLPipeline"
+    index["_class_name"] = "StableDiffusionXLPipeline"  # an SDXL index over SD 1.x parts: its second encoder is missing
     (sdxl / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(EraseError, match="SDXL"):
+    with pytest.raises(EraseError, match="no text_encoder_2/ subfolder"):
         load_pipeline(sdxl)
+    for cls in ("StableDiffusion3Pipeline", "FluxPipeline"):  # MMDiT: refused, naming what is supported
+        index["_class_name"] = cls
+        (sdxl / "model_index.json").write_text(json.dumps(index))
+        with pytest.raises(EraseError, match=r"transformer \(MMDiT/DiT\).*SDXL \(StableDiffusionXLPipeline\)"):
+            load_pipeline(sdxl)
     (tmp_path / "empty").mkdir()
     with pytest.raises(EraseError, match="no model_index.json"):
         load_pipeline(tmp_path / "empty")

@@ -291,7 +291,7 @@ class AttackContext:
 @torch.no_grad()
 def _generate(pipe, prompts: Sequence[str], seeds: Sequence[int], prompt_embeds: torch.Tensor | None, *,
               steps: int, guidance: float, batch: int = 36, progress=None) -> list:
-    from erase.data import encode_prompts
+    from erase.conditioning import pipeline_inputs
     from erase.models import sampling_autocast
 
     pipe.set_progress_bar_config(disable=True)
@@ -301,10 +301,7 @@ def _generate(pipe, prompts: Sequence[str], seeds: Sequence[int], prompt_embeds:
         if prompt_embeds is None:
             kw = {"prompt": list(prompts[i : i + batch])}
         else:
-            emb = prompt_embeds[i : i + batch]
-            neg, _ = encode_prompts(pipe, [""] * len(emb))
-            kw = {"prompt_embeds": emb.to(pipe.device, pipe.text_encoder.dtype),
-                  "negative_prompt_embeds": neg.to(pipe.device, pipe.text_encoder.dtype)}
+            kw = pipeline_inputs(pipe, prompt_embeds[i : i + batch])
         with sampling_autocast(pipe):
             images += pipe(num_inference_steps=steps, guidance_scale=guidance, generator=gens, **kw).images
         if progress is not None:

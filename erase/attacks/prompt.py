@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from erase.attacks import Attacked, AttackConfig, register
+from erase.conditioning import encode, text_encoders, unet_inputs
 from erase.errors import EraseError
 from erase.methods import check_positive, option
 
@@ -53,7 +54,7 @@ def candidate_ids(pipe, concept: str, exclude_concept: bool) -> torch.Tensor:
     from erase.concepts import concept_token_ids
 
     tok = pipe.tokenizer
-    vocab = pipe.text_encoder.get_input_embeddings().weight.shape[0]
+    vocab = min(te.get_input_embeddings().weight.shape[0] for _, te in text_encoders(pipe))
     banned = {i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) if i is not None}
     if exclude_concept:
         banned |= set(concept_token_ids(tok, concept))
@@ -84,14 +85,20 @@ def prefixed_ids(tokenizer, prompts, prefix_ids: torch.Tensor) -> tuple[torch.Te
     return out, [list(range(1, k + 1))] * len(out)
 
 
+def prefixed_for(pipe, prompts, prefix_ids: torch.Tensor) -> tuple[torch.Tensor, list[list[int]]]:
+    """:func:`prefixed_ids` for each of ``pipe``'s tokenizers: (N, L) ids, or (N, E, L) on SDXL."""
+    made = [prefixed_ids(tok, prompts, prefix_ids) for tok, _ in text_encoders(pipe)]
+    return made[0] if len(made) == 1 else (torch.stack([m[0] for m in made], dim=1), made[0][1])
+
+
 def run(ctx, cfg: PromptAttackConfig) -> Attacked:
     from erase.concepts import anchor_prompt
     from erase.data import add_noise, diffusion_target
-    from erase.inversion import encode_with_vectors
+    from erase.inversion import embedding_table, encode_with_vectors
 
     pipe, concept, dev = ctx.pipe, ctx.concept, ctx.device
     base_prompts = [anchor_prompt(p, concept, None) for p in ctx.prompts]
-    table = pipe.text_encoder.get_input_embeddings().weight.detach().float()
+    table = embedding_table(pipe).to(pipe.text_encoder.device)
     cands = candidate_ids(pipe, concept, cfg.exclude_concept).to(table.device)
     cand_unit = F.normalize(table[cands], dim=-1)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -104,9 +111,9 @@ def run(ctx, cfg: PromptAttackConfig) -> Attacked:
         return cands[(F.normalize(v.detach(), dim=-1) @ cand_unit.T).argmax(-1)]
 
     def loss_of(proj_ids, vectors, idx, x_t, noise, t, x0):
-        ids, slots = prefixed_ids(pipe.tokenizer, [base_prompts[i] for i in idx.tolist()], proj_ids.cpu())
+        ids, slots = prefixed_for(pipe, [base_prompts[i] for i in idx.tolist()], proj_ids.cpu())
         emb = encode_with_vectors(pipe, ids, slots, vectors)
-        pred = pipe.unet(x_t, t, encoder_hidden_states=emb.to(pipe.unet.dtype)).sample
+        pred = pipe.unet(x_t, t, **unet_inputs(pipe.unet, emb.to(pipe.unet.dtype))).sample
         return F.mse_loss(pred.float(), diffusion_target(scheduler, x0, noise, t).float())
 
     # the fixed held-out batch the projected prefix is scored on
@@ -115,7 +122,7 @@ def run(ctx, cfg: PromptAttackConfig) -> Attacked:
     hx0 = ctx.latents[hold_idx].to(dev)
     hold = (hold_idx, *add_noise(scheduler, hx0, hold_gen), hx0)
 
-    modules = [pipe.unet, pipe.text_encoder]
+    modules = [pipe.unet] + [te for _, te in text_encoders(pipe)]
     flags = [{n: p.requires_grad for n, p in m.named_parameters()} for m in modules]
     best = (float("inf"), start.clone(), -1)
     losses = []
@@ -152,10 +159,9 @@ def run(ctx, cfg: PromptAttackConfig) -> Attacked:
     words = pipe.tokenizer.convert_ids_to_tokens(found.tolist())
     prefix_text = " ".join(w.replace("</w>", "") for w in words)
     eval_base = [anchor_prompt(p, concept, None) for p in ctx.eval_prompts]
-    ids, _ = prefixed_ids(pipe.tokenizer, eval_base, found)
+    ids, _ = prefixed_for(pipe, eval_base, found)
     with torch.no_grad():
-        te = pipe.text_encoder
-        emb = torch.cat([te(chunk.to(te.device))[0].float().cpu() for chunk in ids.split(64)])
+        emb = torch.cat([encode(pipe, ids=list(chunk.unbind(1)) if chunk.ndim == 3 else chunk).cpu() for chunk in ids.split(64)])
     shown = [f"{prefix_text} {p}".strip() for p in eval_base]
     return Attacked(prompts=shown, prompt_embeds=emb, learned={"token_ids": found.tolist(), "prefix": prefix_text},
                     stats={"held_out_loss": best[0], "best_step": best[2], "loss_last50": sum(losses[-50:]) / len(losses[-50:])})

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from erase.attacks import Attacked, AttackConfig, register
+from erase.conditioning import unet_inputs
 from erase.errors import EraseError
 from erase.methods import check_positive, option
 
@@ -43,7 +44,7 @@ class RelapseConfig(AttackConfig):
 def scopes(cfg: RelapseConfig, erased_components) -> list[str]:
     if cfg.scope != "auto":
         return [cfg.scope]
-    return ["full", "text_encoder"] if "text_encoder" in erased_components else ["full"]
+    return ["full", "text_encoder"] if any(c.startswith("text_encoder") for c in erased_components) else ["full"]
 
 
 def run(ctx, cfg: RelapseConfig) -> Attacked:
@@ -51,18 +52,17 @@ def run(ctx, cfg: RelapseConfig) -> Attacked:
 
     from erase.api import load_tensors
     from erase.concepts import tokenize
-    from erase.data import add_noise, diffusion_target
-    from erase.training import Trainer, scope_component, select_tensors
+    from erase.conditioning import encode, text_encoders
+    from erase.data import add_noise, diffusion_target, encode_prompts
+    from erase.training import Trainer, scope_component, scope_modules, select_tensors
 
     pipe = ctx.pipe
     chosen = scopes(cfg, ctx.erased_components)
     params = {n: p for s in chosen for n, p in select_tensors(pipe, s).items()}
     components = sorted({scope_component(s) for s in chosen})
     saved = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
-    ids = tokenize(pipe.tokenizer, ctx.prompts)
-    te = pipe.text_encoder
-    with torch.no_grad():
-        emb = torch.cat([te(c.to(te.device))[0].float().cpu() for c in ids.split(32)])
+    ids = [tokenize(tok, ctx.prompts) for tok, _ in text_encoders(pipe)]  # one id tensor per text encoder
+    emb = encode_prompts(pipe, ctx.prompts)[0].cpu()
     scheduler = ctx.scheduler()
     gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -70,12 +70,12 @@ def run(ctx, cfg: RelapseConfig) -> Attacked:
         idx = torch.randint(0, len(ctx.latents), (cfg.batch_size,), generator=gen)
         x0 = ctx.latents[idx].to(ctx.device)
         x_t, noise, t = add_noise(scheduler, x0, gen)
-        cond = te(ids[idx].to(te.device))[0] if "text_encoder" in components else emb[idx]
-        pred = pipe.unet(x_t, t, encoder_hidden_states=cond.to(ctx.device, pipe.unet.dtype)).sample
+        cond = encode(pipe, ids=[i[idx] for i in ids]) if "text_encoder" in components else emb[idx]
+        pred = pipe.unet(x_t, t, **unet_inputs(pipe.unet, cond.to(ctx.device, pipe.unet.dtype))).sample
         return F.mse_loss(pred.float(), diffusion_target(scheduler, x0, noise, t).float())
 
     # one module holding every trained component, so that the trainer sees all their parameters
-    module = nn.ModuleDict({c: getattr(pipe, c) for c in components})
+    module = nn.ModuleDict({name: m for s in chosen for name, m in scope_modules(pipe, s).items()})
     trainer = Trainer(module, params, lr=cfg.lr, optimizer=cfg.optimizer, grad_clip=cfg.grad_clip)
     try:
         stats = trainer.run(cfg.steps, step_fn, progress=ctx.report, phase="attack: relapse fine-tuning")
@@ -84,7 +84,8 @@ def run(ctx, cfg: RelapseConfig) -> Attacked:
     finally:
         load_tensors(pipe, saved)
         pipe.unet.eval()
-        te.eval()
+        for _, te in text_encoders(pipe):
+            te.eval()
     return Attacked(prompts=list(ctx.eval_prompts), tensors=tuned,
                     stats={"loss_first": stats.losses[0], "loss_last": stats.losses[-1], "weight_drift_l2": drift,
                            "retain_prompts": len(set(ctx.prompts)), "fine_tuned": components})

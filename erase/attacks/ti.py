@@ -44,8 +44,9 @@ class TIAttackConfig(AttackConfig):
 
 def initial_vectors(pipe, cfg: TIAttackConfig) -> torch.Tensor:
     from erase.concepts import concept_token_ids
+    from erase.inversion import embedding_table
 
-    table = pipe.text_encoder.get_input_embeddings().weight.detach().float().cpu()
+    table = embedding_table(pipe)
     if cfg.init.strip().lower() == "random":
         gen = torch.Generator().manual_seed(cfg.seed)
         rand = torch.randn(cfg.tokens, table.shape[1], generator=gen)
@@ -55,7 +56,7 @@ def initial_vectors(pipe, cfg: TIAttackConfig) -> torch.Tensor:
 
 
 def run(ctx, cfg: TIAttackConfig) -> Attacked:
-    from erase.inversion import encode_with_vectors, learn_vectors, slotted_prompts
+    from erase.inversion import encode_with_vectors, learn_vectors, slotted
 
     pipe, concept = ctx.pipe, ctx.concept
     losses = []
@@ -67,7 +68,7 @@ def run(ctx, cfg: TIAttackConfig) -> Attacked:
     vectors = learn_vectors(pipe, concept, ctx.latents, ctx.prompts, ctx.scheduler(), n=cfg.tokens, steps=cfg.steps,
                             lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, seed=cfg.seed,
                             progress=progress, init=initial_vectors(pipe, cfg), norm_decay=cfg.norm_decay)
-    ids, slots = slotted_prompts(pipe.tokenizer, ctx.eval_prompts, concept, cfg.tokens)
+    ids, slots = slotted(pipe, ctx.eval_prompts, concept, cfg.tokens)
     with torch.no_grad():
         emb = encode_with_vectors(pipe, ids, slots, vectors.to(ctx.device)).cpu()
     names = " ".join(f"<ti-{i}>" for i in range(cfg.tokens))

@@ -42,11 +42,12 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from erase.conditioning import unet_inputs
 from erase.distributed import Shard
 from erase.errors import EraseError
 from erase.methods import BaseConfig, check_positive, option, register
 from erase.methods.esd import esd_target, plan, sample_items
-from erase.training import SCOPES, Trainer, scope_component, select_parameters
+from erase.training import SCOPES, Trainer, scope_component, scope_modules, select_tensors
 
 
 @dataclass
@@ -124,28 +125,31 @@ class _Conditioner:
 
     def __init__(self, pipe, prompts: list[str], concept_of: list[str], retain: list[str], n_tokens: int, trains_encoder: bool):
         from erase.concepts import tokenize
+        from erase.conditioning import text_encoders
         from erase.data import encode_prompts
-        from erase.inversion import slot_ids
+        from erase.inversion import slotted
 
         self.pipe, self.trains = pipe, trains_encoder
-        self.ids = tokenize(pipe.tokenizer, prompts)
-        made = [slot_ids(pipe.tokenizer, p, c, n_tokens) for p, c in zip(prompts, concept_of)]
-        self.adv_ids, self.slots = torch.stack([m[0] for m in made]), [m[1] for m in made]
-        self.retain_ids = tokenize(pipe.tokenizer, retain)
+        tokenizers = [tok for tok, _ in text_encoders(pipe)]
+        self.ids = [tokenize(tok, prompts) for tok in tokenizers]  # one id tensor per text encoder
+        made = [slotted(pipe, [p], c, n_tokens) for p, c in zip(prompts, concept_of)]
+        self.adv_ids, self.slots = torch.cat([m[0] for m in made]), [m[1][0] for m in made]
+        self.retain_ids = [tokenize(tok, retain) for tok in tokenizers]
         if not trains_encoder:  # frozen encoder: its outputs once
             with torch.no_grad():
                 self.cond = encode_prompts(pipe, prompts)[0].cpu()
                 self.retain_cond = encode_prompts(pipe, retain)[0].cpu() if retain else None
 
-    def _encode(self, ids: torch.Tensor) -> torch.Tensor:
-        te = self.pipe.text_encoder
-        return te(ids.to(te.device))[0].float()
+    def _encode(self, ids: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        from erase.conditioning import encode
+
+        return encode(self.pipe, ids=[i[rows] for i in ids])
 
     def plain(self, rows: torch.Tensor) -> torch.Tensor:
-        return self._encode(self.ids[rows]) if self.trains else self.cond[rows]
+        return self._encode(self.ids, rows) if self.trains else self.cond[rows]
 
     def retain(self, rows: torch.Tensor) -> torch.Tensor:
-        return self._encode(self.retain_ids[rows]) if self.trains else self.retain_cond[rows]
+        return self._encode(self.retain_ids, rows) if self.trains else self.retain_cond[rows]
 
     def adversarial(self, rows: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         from erase.inversion import encode_with_vectors
@@ -154,7 +158,9 @@ class _Conditioner:
 
 
 def _random_vectors(pipe, n: int, gen: torch.Generator) -> torch.Tensor:
-    table = pipe.text_encoder.get_input_embeddings().weight.detach().float().cpu()
+    from erase.inversion import embedding_table
+
+    table = embedding_table(pipe)
     rand = torch.randn(n, table.shape[1], generator=gen)
     return F.normalize(rand, dim=-1) * table.norm(dim=-1).mean()
 
@@ -176,7 +182,7 @@ def attack(unet, cond: _Conditioner, items, rows_of, vectors: torch.Tensor, cfg:
         rows = rows[shard.part(n)]
         with autocast():
             emb = cond.adversarial(items.prompt[rows], v)
-            pred = unet(items.x_t[rows].to(dev), items.t[rows].to(dev), encoder_hidden_states=emb.to(unet.dtype)).sample
+            pred = unet(items.x_t[rows].to(dev), items.t[rows].to(dev), **unet_inputs(unet, emb.to(unet.dtype))).sample
         loss = shard.weighted(F.mse_loss(pred.float(), items.eps_c[rows].to(dev)), n)
         (grad,) = torch.autograd.grad(loss, [v])
         if shard.active:
@@ -217,8 +223,9 @@ def run(job, cfg: AdvUnlearnConfig) -> dict:
         raise EraseError("no retain prompts left: every retain prompt names an erased concept (set retain_weight: 0)")
     component = scope_component(cfg.scope)
     trains_encoder = component == "text_encoder"
-    module = pipe.text_encoder if trains_encoder else pipe.unet
-    params = select_parameters(module, cfg.scope)
+    # the trained components as one module (SDXL's text_encoder scope: both encoders), keyed as results are
+    module = torch.nn.ModuleDict(scope_modules(pipe, cfg.scope)) if trains_encoder else pipe.unet
+    params = select_tensors(pipe, cfg.scope)
     shard = job.shard  # data-parallel: each process takes its share of every batch (erase.distributed)
     trainer = Trainer(module, params, lr=cfg.lr, optimizer=cfg.optimizer, grad_clip=cfg.grad_clip,
                       mixed_precision=job.mixed_precision,
@@ -247,7 +254,9 @@ def run(job, cfg: AdvUnlearnConfig) -> dict:
             retain_emb0 = encode_prompts(pipe, retain_prompts)[0].cpu()
 
     eta, b = float(cfg.negative_guidance), cfg.batch_size
-    target_norm = float(pipe.text_encoder.get_input_embeddings().weight.detach().float().norm(dim=-1).mean())
+    from erase.inversion import embedding_table
+
+    target_norm = float(embedding_table(pipe).norm(dim=-1).mean())
     vectors = {c: _random_vectors(pipe, cfg.attack_tokens, gen) for c in job.concepts}
     attack_gen = torch.Generator().manual_seed(cfg.seed + 1)
     attack_log: list[float] = []
@@ -260,7 +269,7 @@ def run(job, cfg: AdvUnlearnConfig) -> dict:
     rows_for = {c: concept_rows(c) for c in job.concepts}
 
     def predict(rows, emb):
-        return unet(items.x_t[rows].to(dev), items.t[rows].to(dev), encoder_hidden_states=emb.to(unet.dtype)).sample.float()
+        return unet(items.x_t[rows].to(dev), items.t[rows].to(dev), **unet_inputs(unet, emb.to(unet.dtype))).sample.float()
 
     mine, r_mine = shard.part(b), shard.part(cfg.retain_batch)  # this process's share of each batch
 
@@ -282,14 +291,14 @@ def run(job, cfg: AdvUnlearnConfig) -> dict:
         if retain is not None:
             r_rows = (torch.arange(step * cfg.retain_batch, (step + 1) * cfg.retain_batch) % len(retain.t))[r_mine]
             pred = unet(retain.x_t[r_rows].to(dev), retain.t[r_rows].to(dev),
-                        encoder_hidden_states=cond.retain(retain.prompt[r_rows]).to(unet.dtype)).sample.float()
+                        **unet_inputs(unet, cond.retain(retain.prompt[r_rows]).to(unet.dtype))).sample.float()
             loss = loss + cfg.retain_weight * shard.weighted(F.mse_loss(pred, retain.eps_c[r_rows].to(dev)), cfg.retain_batch)
         elif retain_prompts and cfg.retain_on == "embedding":
             r_rows = (torch.arange(step * cfg.retain_batch, (step + 1) * cfg.retain_batch) % len(retain_prompts))[r_mine]
             loss = loss + cfg.retain_weight * shard.weighted(F.mse_loss(cond.retain(r_rows), retain_emb0[r_rows].to(dev)), cfg.retain_batch)
         return loss
 
-    frozen = pipe.unet if trains_encoder else pipe.text_encoder
+    frozen = pipe.unet if trains_encoder else torch.nn.ModuleDict(scope_modules(pipe, "text_encoder"))
     with _frozen(frozen):
         stats = trainer.run(cfg.iterations, step_fn, progress=job.progress, phase="advunlearn")
     module.eval()

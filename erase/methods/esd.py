@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from erase.concepts import anchor_prompt
+from erase.conditioning import unconditional, unet_inputs
 from erase.data import encode_prompts
 from erase.errors import EraseError
 from erase.methods import BaseConfig, check_positive, option, register
@@ -159,7 +160,7 @@ def sample_items(job, cfg: ESDConfig, cond: torch.Tensor, neutral: torch.Tensor,
     stop = torch.randint(0, cfg.ddim_steps, (n,), generator=gen)
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     noise = torch.randn((n, *shape), generator=gen)
-    uncond = encode_prompts(job.pipe, [""])[0].to(dev)
+    uncond = unconditional(job.pipe).to(dev)
     out = Items(torch.empty(n, *shape), torch.empty(n, dtype=torch.long), torch.empty(n, *shape),
                 torch.empty(n, *shape), torch.tensor(index))
     order = torch.argsort(stop, stable=True)  # batches of similar length
@@ -176,14 +177,14 @@ def sample_items(job, cfg: ESDConfig, cond: torch.Tensor, neutral: torch.Tensor,
         emb = torch.cat([uncond.expand(b, -1, -1), cond[out.prompt[idx]].to(dev)])
         for i, t in enumerate(sched.timesteps[: int(ks.max()) + 1]):
             with autocast():
-                e_u, e_c = unet(torch.cat([x, x]), t, encoder_hidden_states=emb).sample.float().chunk(2)
+                e_u, e_c = unet(torch.cat([x, x]), t, **unet_inputs(unet, emb)).sample.float().chunk(2)
             here = (ks == i).nonzero().flatten()
             if len(here):
                 x_t[here], t_of[here], eps_c[here] = x[here].cpu(), int(t), e_c[here].cpu()
                 e_n = e_u[here]
                 if cfg.neutral == "prompt":
                     with autocast():
-                        e_n = unet(x[here], t, encoder_hidden_states=neutral[out.prompt[idx[here]]].to(dev)).sample.float()
+                        e_n = unet(x[here], t, **unet_inputs(unet, neutral[out.prompt[idx[here]]].to(dev))).sample.float()
                 eps_n[here] = e_n.cpu()
             if i < int(ks.max()):
                 x = sched.step(e_u + cfg.guidance_scale * (e_c - e_u), t, x).prev_sample
@@ -209,7 +210,7 @@ def target_error(unet, items: Items, cond: torch.Tensor, eta: float, autocast, n
     dev = next(unet.parameters()).device
     rows = slice(0, min(n, len(items.t)))
     with autocast():
-        pred = unet(items.x_t[rows].to(dev), items.t[rows].to(dev), encoder_hidden_states=cond[items.prompt[rows]].to(dev)).sample
+        pred = unet(items.x_t[rows].to(dev), items.t[rows].to(dev), **unet_inputs(unet, cond[items.prompt[rows]].to(dev))).sample
     return float((pred.float() - esd_target(items, rows, eta, dev)).flatten(1).norm(dim=1).mean())
 
 
@@ -236,7 +237,7 @@ def run(job, cfg: ESDConfig) -> dict:
         rows = slice(step * b + lo, step * b + hi)
         target = esd_target(items, rows, eta, dev)
         pred = job.unet(items.x_t[rows].to(dev), items.t[rows].to(dev),
-                        encoder_hidden_states=cond[items.prompt[rows]].to(dev)).sample
+                        **unet_inputs(job.unet, cond[items.prompt[rows]].to(dev))).sample
         return shard.weighted(F.mse_loss(pred.float(), target), b)
 
     stats = trainer.run(cfg.iterations, step_fn, progress=job.progress, phase="esd")

@@ -25,6 +25,7 @@ import torch
 
 from erase.attention import AttentionRecorder, record_cross_attention
 from erase.concepts import STYLE_TEMPLATES, eos_position
+from erase.conditioning import unet_inputs
 from erase.data import add_noise
 from erase.errors import EraseError
 from erase.methods import MethodConfig, check_positive, option, register
@@ -68,7 +69,7 @@ def attention_mass(job, forget, scheduler, seed: int = 12345, n: int = 8) -> flo
     recorder = AttentionRecorder(detach=True)
     with record_cross_attention(job.unet, recorder):
         recorder.set_positions([forget.positions[i] for i in idx.tolist()])
-        job.unet(x_t, t, encoder_hidden_states=forget.embeddings[idx].to(job.device))
+        job.unet(x_t, t, **unet_inputs(job.unet, forget.embeddings[idx].to(job.device)))
     return recorder.mass()
 
 
@@ -80,7 +81,7 @@ def with_pooler(tokenizer, forget) -> None:
 def invert_concepts(job, cfg: FMNConfig, forget, scheduler) -> dict:
     """Textual inversion per concept; then the forget items are re-encoded with the learned
     vectors in place of the concept, and FMN watches those positions. Returns statistics."""
-    from erase.inversion import encode_with_vectors, learn_vectors, slotted_prompts
+    from erase.inversion import encode_with_vectors, learn_vectors, slotted
     from erase.training import make_accelerator
 
     acc = make_accelerator(job.mixed_precision, job.device)
@@ -92,12 +93,12 @@ def invert_concepts(job, cfg: FMNConfig, forget, scheduler) -> dict:
             job.pipe, concept, forget.latents[items], prompts, scheduler, n=cfg.ti_tokens, steps=cfg.ti_steps,
             lr=cfg.ti_lr, seed=cfg.seed + ci, autocast=acc.autocast, progress=job.progress,
         )
-        ids, slots = slotted_prompts(job.pipe.tokenizer, prompts, concept, cfg.ti_tokens)
+        ids, slots = slotted(job.pipe, prompts, concept, cfg.ti_tokens)
         with torch.no_grad():
             emb = encode_with_vectors(job.pipe, ids, slots, vectors.to(job.device)).cpu()
         for k, i in enumerate(items):
             forget.embeddings[i] = emb[k]
-            forget.token_ids[i] = ids[k]
+            forget.token_ids[i] = ids[k] if ids.ndim == 2 else ids[k, 0]  # token_ids are the first tokenizer's
             forget.positions[i] = slots[k]
         norms[concept] = [round(float(v), 4) for v in vectors.norm(dim=-1)]
     return {"ti_vector_norms": norms}
@@ -132,7 +133,7 @@ def run(job, cfg: FMNConfig) -> dict:
         x_t, _, t = add_noise(scheduler, forget.latents[idx].to(job.device), gen)
         idx, x_t, t = idx[mine], x_t[mine], t[mine]
         recorder.set_positions([forget.positions[i] for i in idx.tolist()])
-        job.unet(x_t, t, encoder_hidden_states=forget.embeddings[idx].to(job.device))
+        job.unet(x_t, t, **unet_inputs(job.unet, forget.embeddings[idx].to(job.device)))
         return shard.sqrt_of_sum(recorder.squared_norm())  # the Frobenius norm over the whole batch
 
     with record_cross_attention(job.unet, recorder):

@@ -131,11 +131,11 @@ class _Inversion:
         """(embeddings, targets): the erase rows of the concept's prompts with learned vectors in
         the concept's place, each with the anchor target of the row it stands for."""
         from erase.concepts import concept_token_ids
-        from erase.inversion import encode_with_vectors, learn_vectors, slotted_prompts
+        from erase.inversion import embedding_table, encode_with_vectors, learn_vectors, slotted
 
         job, problem, cfg = self.job, self.problem, self.cfg
         tok, dev = job.pipe.tokenizer, job.device
-        table = job.pipe.text_encoder.get_input_embeddings().weight.detach().float().cpu()
+        table = embedding_table(job.pipe)
         rows, targets = [], []
         self._set(m)
         try:
@@ -143,7 +143,7 @@ class _Inversion:
                 mine = [i for i, k in enumerate(self.forget.concept_index) if k == ci]
                 span = len(concept_token_ids(tok, concept))
                 idx = [i for i, c in enumerate(problem.concept_of) if c == concept]
-                ids, slots = slotted_prompts(tok, [problem.prompts[i] for i in idx], concept, span)
+                ids, slots = slotted(job.pipe, [problem.prompts[i] for i in idx], concept, span)
                 for start in range(cfg.inversion_starts):
                     seed = cfg.seed * 7919 + epoch * 131 + start * 17 + ci
                     rand = torch.randn(span, table.shape[1], generator=torch.Generator().manual_seed(seed))

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from erase.concepts import anchor_prompt, mentions
+from erase.conditioning import unconditional, unet_inputs
 from erase.data import add_noise, batch_indices, diffusion_target, noise_at
 from erase.errors import EraseError
 from erase.methods import MethodConfig, option, register
@@ -146,9 +147,7 @@ def saliency_mask(job, cfg: SalUnConfig, forget, scheduler, params, trainer) -> 
     batches = batch_indices(len(forget), cfg.batch_size, gen)
     uncond = None
     if cfg.mask_loss == "cfg":
-        from erase.data import encode_prompts
-
-        uncond = encode_prompts(job.pipe, [""])[0].to(job.device)
+        uncond = unconditional(job.pipe).to(job.device)
 
     shard = job.shard  # data-parallel: each process takes its share of every batch, the sums are added up
 
@@ -161,12 +160,12 @@ def saliency_mask(job, cfg: SalUnConfig, forget, scheduler, params, trainer) -> 
         idx, x0, x_t, noise, t = idx[mine], x0[mine], x_t[mine], noise[mine], t[mine]
         target = diffusion_target(scheduler, x0, noise, t)
         with trainer.autocast():
-            pred = job.unet(x_t, t, encoder_hidden_states=forget.embeddings[idx].to(job.device)).sample.float()
+            pred = job.unet(x_t, t, **unet_inputs(job.unet, forget.embeddings[idx].to(job.device))).sample.float()
         if uncond is not None:
             # a second autocast region: each pass gets its own low-precision weight copy, so the two
             # passes' weight gradients are added in fp32, not in fp16 where they largely cancel
             with trainer.autocast():
-                pred_u = job.unet(x_t, t, encoder_hidden_states=uncond.expand(len(idx), -1, -1)).sample.float()
+                pred_u = job.unet(x_t, t, **unet_inputs(job.unet, uncond.expand(len(idx), -1, -1))).sample.float()
             pred = (1 + cfg.mask_guidance) * pred - cfg.mask_guidance * pred_u
         return shard.weighted(-F.mse_loss(pred, target.float()), n)
 
@@ -216,10 +215,10 @@ def run(job, cfg: SalUnConfig) -> dict:
         idx, x_t, noise, t = idx[mine], x_t[mine], noise[mine], t[mine]
         b = len(idx)
         with torch.no_grad():  # the misaligned target, detached
-            target = job.unet(x_t, t, encoder_hidden_states=forget.anchor_embeddings[idx].to(job.device)).sample
+            target = job.unet(x_t, t, **unet_inputs(job.unet, forget.anchor_embeddings[idx].to(job.device))).sample
         cond = forget.embeddings[idx].to(job.device)
         if retain is None:
-            pred = job.unet(x_t, t, encoder_hidden_states=cond).sample
+            pred = job.unet(x_t, t, **unet_inputs(job.unet, cond)).sample
             loss_f = shard.weighted(F.mse_loss(pred.float(), target.float()), n)
             value = loss_f.detach().float().reshape(1).clone()
             shard.sum_([value])  # data-parallel: the whole batch's loss, for the statistics
@@ -230,7 +229,7 @@ def run(job, cfg: SalUnConfig) -> dict:
         r_t = noise_at(scheduler, r0, noise, t)  # same noise and timestep as the forget term
         pred = job.unet(
             torch.cat([x_t, r_t]), torch.cat([t, t]),
-            encoder_hidden_states=torch.cat([cond, retain.embeddings[ridx].to(job.device)]),
+            **unet_inputs(job.unet, torch.cat([cond, retain.embeddings[ridx].to(job.device)])),
         ).sample
         loss_f = shard.weighted(F.mse_loss(pred[:b].float(), target.float()), n)
         loss_r = shard.weighted(F.mse_loss(pred[b:].float(), diffusion_target(scheduler, r0, noise, t).float()), n)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from erase.concepts import anchor_prompt, check_concept, concept_positions, concept_token_ids, mentions
+from erase.conditioning import token_states
 from erase.data import encode_prompts
 from erase.errors import ConceptNotFoundError, EraseError
 from erase.methods import BaseConfig, option, register
@@ -163,15 +164,16 @@ def edit_problem(job, cfg: UCEConfig) -> EditProblem:
             anchor_prompts.append(a_prompt)
             src_pos.append(chosen)
             dst_pos.append(target)
-    emb, _ = encode_prompts(job.pipe, prompts)
-    anchor_emb, _ = encode_prompts(job.pipe, anchor_prompts)
+    # the per-token states cross-attention's keys and values see (SDXL's pooled row goes elsewhere)
+    emb = token_states(job.pipe, encode_prompts(job.pipe, prompts)[0])
+    anchor_emb = token_states(job.pipe, encode_prompts(job.pipe, anchor_prompts)[0])
     c_e = torch.cat([emb[i, p] for i, p in enumerate(src_pos)]).double()
     c_star = torch.cat([anchor_emb[i, p] for i, p in enumerate(dst_pos)]).double()
     # Positions before the concept keep their outputs (they are other prompts' prefixes anyway).
     before = [emb[i, : min(p)] for i, p in enumerate(src_pos)]
 
     keep_prompts = ["", *source.preserve_prompts(preserve, erased)]
-    keep_emb, keep_ids = encode_prompts(job.pipe, keep_prompts)
+    keep_emb = token_states(job.pipe, encode_prompts(job.pipe, keep_prompts)[0])
     c_p = torch.cat([keep_emb.reshape(-1, keep_emb.shape[-1]), *before]).double()
     stats = {
         "erase_prompts": len(prompts), "erase_vectors": int(c_e.shape[0]),
