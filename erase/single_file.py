@@ -10,6 +10,16 @@ and no ``text_projection`` (diffusers' SD 2 text encoder has no more; SD 2 reads
 penultimate layer, and diffusers ignores those keys when loading). The key map
 is derived from the UNet's config (blocks, layers per block, which blocks have attention), so
 it holds for SD 1.x/2.x shapes and for smaller UNets of the same family.
+
+SDXL (the SGM layout of its original checkpoints): the UNet under ``model.diffusion_model.*``
+with its added embedding as ``label_emb.0.0`` / ``label_emb.0.2`` (diffusers' own map,
+``DIFFUSERS_TO_LDM_MAPPING['unet']['addition_embed_type']``), the VAE under
+``first_stage_model.*``, the first text encoder in CLIP's layout under
+``conditioner.embedders.0.transformer.text_model.*`` and the second in OpenCLIP's under
+``conditioner.embedders.1.model.*``: every layer (SDXL reads the penultimate hidden state but
+pools through the last layer and the final norm) and ``text_projection`` as OpenCLIP stores
+it, (width, projection) = the diffusers Linear weight transposed, which diffusers' converter
+transposes back.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ def unet_key_map(unet) -> dict[str, str]:
         "mid_block.attentions.0.": "middle_block.1.",
         "mid_block.resnets.1.": "middle_block.2.",
     }
+    m.update(_embedding_map(cfg))
     for i in range(blocks):
         for j in range(n):
             m[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{1 + i * (n + 1) + j}.0."
@@ -52,6 +63,20 @@ def unet_key_map(unet) -> dict[str, str]:
         if i < blocks - 1:
             m[f"up_blocks.{i}.upsamplers.0."] = f"output_blocks.{i * (n + 1) + n}.{2 if has_attn else 1}."
     return m
+
+
+def _embedding_map(cfg) -> dict[str, str]:
+    """SDXL's added embedding ('text_time') and a projection class embedding, from diffusers' key map."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    mapping = DIFFUSERS_TO_LDM_MAPPING["unet"]
+    keys = {}
+    if getattr(cfg, "addition_embed_type", None) == "text_time":
+        keys.update(mapping["addition_embed_type"])
+    if getattr(cfg, "class_embed_type", None) in ("timestep", "projection"):
+        keys.update(mapping["class_embed_type"])
+    # 'add_embedding.linear_1.weight' -> 'label_emb.0.0.weight' as a prefix map ('add_embedding.linear_1.' -> 'label_emb.0.0.')
+    return {src.rsplit(".", 1)[0] + ".": dst.rsplit(".", 1)[0] + "." for src, dst in keys.items()}
 
 
 def _rename(key: str, prefixes: dict[str, str]) -> str:
@@ -104,18 +129,23 @@ def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
     return out
 
 
-def text_encoder_to_ldm(text_encoder) -> dict[str, torch.Tensor]:
+CLIP_PREFIX = "cond_stage_model.transformer."
+OPENCLIP_PREFIX = "cond_stage_model.model."
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_OPENCLIP_PREFIX = "conditioner.embedders.1.model."
+TEXT_ENCODER_LAYOUTS = ("auto", "clip", "openclip")
+
+
+def text_encoder_to_ldm(text_encoder, prefix: str = CLIP_PREFIX) -> dict[str, torch.Tensor]:
+    """A CLIPTextModel in the original CLIP layout ('<prefix>text_model.…'; transformers 5 drops
+    that level, the files keep it)."""
     if type(text_encoder).__name__ != "CLIPTextModel":
         raise EraseError(f"single-file export supports a CLIPTextModel text encoder, not {type(text_encoder).__name__}")
     out = {}
     for key, value in text_encoder.state_dict().items():
         key = key.removeprefix("text_model.")
-        out["cond_stage_model.transformer.text_model." + key] = value
+        out[prefix + "text_model." + key] = value
     return out
-
-
-OPENCLIP_PREFIX = "cond_stage_model.model."
-TEXT_ENCODER_LAYOUTS = ("auto", "clip", "openclip")
 
 
 def text_encoder_to_openclip(text_encoder, prefix: str = OPENCLIP_PREFIX) -> dict[str, torch.Tensor]:
@@ -155,21 +185,36 @@ def text_encoder_to_openclip(text_encoder, prefix: str = OPENCLIP_PREFIX) -> dic
 
 
 def choose_text_encoder_layout(pipe, layout: str = "auto") -> str:
-    """'clip' (SD 1.x: cond_stage_model.transformer.*) or 'openclip' (SD 2.x); 'auto' picks by the model family."""
-    if layout not in TEXT_ENCODER_LAYOUTS:
-        raise EraseError(f"text_encoder_layout must be one of {', '.join(TEXT_ENCODER_LAYOUTS)}, got {layout!r}")
-    if layout != "auto":
-        return layout
+    """'clip' (SD 1.x: cond_stage_model.transformer.*) or 'openclip' (SD 2.x); 'auto' picks by the
+    model family, and is 'sdxl' for SDXL (CLIP and OpenCLIP under conditioner.embedders.*, fixed)."""
     from erase.models import model_family
 
-    return "openclip" if model_family(pipe) == "sd2" else "clip"
+    family = model_family(pipe)
+    if layout not in TEXT_ENCODER_LAYOUTS and not (layout == "sdxl" and family == "sdxl"):
+        raise EraseError(f"text_encoder_layout must be one of {', '.join(TEXT_ENCODER_LAYOUTS)}, got {layout!r}")
+    if family == "sdxl":
+        if layout not in ("auto", "sdxl"):
+            raise EraseError(f"an SDXL checkpoint keeps its two text encoders in fixed layouts (CLIP and OpenCLIP): "
+                             f"use text_encoder_layout='auto', not {layout!r}")
+        return "sdxl"
+    if layout != "auto":
+        return layout
+    return "openclip" if family == "sd2" else "clip"
+
+
+def _text_encoders_to_ldm(pipe, layout: str) -> dict[str, torch.Tensor]:
+    if layout == "sdxl":
+        return {**text_encoder_to_ldm(pipe.text_encoder, SDXL_CLIP_PREFIX),
+                **text_encoder_to_openclip(pipe.text_encoder_2, SDXL_OPENCLIP_PREFIX)}
+    return text_encoder_to_openclip(pipe.text_encoder) if layout == "openclip" else text_encoder_to_ldm(pipe.text_encoder)
 
 
 def pipeline_to_ldm(pipe, dtype: torch.dtype = torch.float32, text_encoder_layout: str = "auto") -> dict[str, torch.Tensor]:
     """The whole pipeline as one original-layout state dict (contiguous CPU tensors); the text
-    encoder in the CLIP (SD 1.x) or OpenCLIP (SD 2.x) layout (``choose_text_encoder_layout``)."""
+    encoder in the CLIP (SD 1.x) or OpenCLIP (SD 2.x) layout, SDXL's two in theirs
+    (``choose_text_encoder_layout``)."""
     layout = choose_text_encoder_layout(pipe, text_encoder_layout)
-    text = text_encoder_to_openclip(pipe.text_encoder) if layout == "openclip" else text_encoder_to_ldm(pipe.text_encoder)
+    text = _text_encoders_to_ldm(pipe, layout)
     state = {}
     for part in (unet_to_ldm(pipe.unet), vae_to_ldm(pipe.vae), text):
         state.update(part)
