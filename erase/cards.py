@@ -7,7 +7,8 @@ The front matter follows the Hub's conventions, so ``huggingface_hub`` pushes th
 ``base_model`` (only when the base is a Hub id; a local path would be refused by the Hub) with
 ``base_model_relation`` ('finetune' for the merged model, 'adapter' for a LoRA),
 ``library_name: diffusers``, ``pipeline_tag: text-to-image``, ``tags`` (``concept-erasure``,
-the method, ``lora`` for LoRAs), ``erased_concepts``, an ``erase`` block with the method, the
+the method, ``lora`` for LoRAs, the family: ``stable-diffusion``, or ``stable-diffusion-xl`` and
+``stable-diffusion-xl-diffusers`` for SDXL), ``erased_concepts``, an ``erase`` block with the method, the
 settings, the base model as given and its UNet fingerprint, and the measured UA / IRA / CRA as
 ``model-index`` results where they are known. The body says how to load it and warns that a
 delta or LoRA reveals which weights the erasure changed.
@@ -19,7 +20,7 @@ import json
 import re
 from pathlib import Path
 
-__all__ = ["model_card", "write_card", "hub_base_model", "REVEAL_NOTE"]
+__all__ = ["model_card", "write_card", "hub_base_model", "family_tags", "pipeline_class", "REVEAL_NOTE"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SCORE_NAMES = {"UA": "unlearning accuracy (erased)", "IRA": "in-domain retain accuracy", "CRA": "cross-domain retain accuracy",
@@ -41,13 +42,23 @@ def _settings(config: dict) -> dict:
     return {k: v for k, v in (config or {}).items() if v is not None and k != "templates"}
 
 
-def _front_matter(result, kind: str, scores, fingerprint, lora) -> str:
+def family_tags(family: str | None) -> list[str]:
+    """The Hub's tags for the model family ('sdxl': stable-diffusion-xl; else stable-diffusion)."""
+    return ["stable-diffusion-xl", "stable-diffusion-xl-diffusers"] if family == "sdxl" else ["stable-diffusion"]
+
+
+def pipeline_class(family: str | None) -> str:
+    """The diffusers pipeline class that loads the model, for the card's code."""
+    return "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline"
+
+
+def _front_matter(result, kind: str, scores, fingerprint, lora, family=None) -> str:
     from huggingface_hub import EvalResult, ModelCardData
 
     from erase import __version__
 
     base = hub_base_model(result.base_model)
-    tags = ["concept-erasure", "erase", result.method, "stable-diffusion", "text-to-image", "diffusers"]
+    tags = ["concept-erasure", "erase", result.method, *family_tags(family), "text-to-image", "diffusers"]
     if kind == "lora":
         tags.insert(3, "lora")
     block = {"method": result.method, "concepts": list(result.concepts), "base_model": result.base_model,
@@ -89,22 +100,26 @@ def _scores_table(scores) -> list[str]:
 
 
 def model_card(result, *, kind: str = "model", scores: dict | None = None, fingerprint: dict | None = None,
-               lora: dict | None = None) -> str:
+               lora: dict | None = None, family: str | None = None) -> str:
     """README.md text for an exported erased model (``kind='model'``: a diffusers folder) or a LoRA
     folder (``kind='lora'``; ``lora``: its rank, files and left-out tensors, as ``export_lora_folder``
-    reports them). ``scores``: {concept: {'UA': share, 'IRA': …, 'CRA': …, 'UA_heldout': …}}."""
+    reports them). ``scores``: {concept: {'UA': share, 'IRA': …, 'CRA': …, 'UA_heldout': …}}.
+    ``family``: the base model's ('sd1', 'sd2', 'sdxl', …; erase.lora.model_family), for the tags
+    and the pipeline class in the code."""
     if kind not in ("model", "lora"):
         raise ValueError(f"kind must be 'model' or 'lora', got {kind!r}")
     concepts = ", ".join(f"'{c}'" for c in result.concepts)
     base = hub_base_model(result.base_model)
     base_text = f"[`{base}`](https://huggingface.co/{base})" if base else f"`{result.base_model}`"
-    body = ["---", _front_matter(result, kind, scores, fingerprint, lora).rstrip(), "---", ""]
+    body = ["---", _front_matter(result, kind, scores, fingerprint, lora, family).rstrip(), "---", ""]
+    cls = pipeline_class(family)
+    kind_of = "SDXL" if family == "sdxl" else "Stable Diffusion"
     if kind == "model":
         body += [f"# {result.base_model.split('/')[-1]} without {concepts}", "",
                  f"{base_text} with {concepts} erased by **{result.method}** (erase, a concept-erasure "
-                 "toolkit). This folder is the merged model: load it as any Stable Diffusion pipeline.", "",
-                 "```python", "from diffusers import StableDiffusionPipeline", "",
-                 'pipe = StableDiffusionPipeline.from_pretrained("<this folder or repo>")', "```", ""]
+                 f"toolkit). This folder is the merged model: load it as any {kind_of} pipeline.", "",
+                 "```python", f"from diffusers import {cls}", "",
+                 f'pipe = {cls}.from_pretrained("<this folder or repo>")', "```", ""]
     else:
         files = (lora or {}).get("files", {})
         kohya = files.get("kohya", "erase-….safetensors")
@@ -113,8 +128,8 @@ def model_card(result, *, kind: str = "model", scores: dict | None = None, finge
                  f"changed weight, factorised to rank {(lora or {}).get('rank', '?')} (truncated SVD). Apply it at strength "
                  "1.0 to the base model it was made from; other strengths erase partly, or overshoot.", "",
                  "- diffusers: `pytorch_lora_weights.safetensors` (PEFT layout)", "", "  ```python",
-                 "  from diffusers import StableDiffusionPipeline", "",
-                 f'  pipe = StableDiffusionPipeline.from_pretrained("{base or "<the base model>"}")',
+                 f"  from diffusers import {cls}", "",
+                 f'  pipe = {cls}.from_pretrained("{base or "<the base model>"}")',
                  '  pipe.load_lora_weights("<this folder or repo>")   # pipe.fuse_lora() to merge it', "  ```", "",
                  f"- AUTOMATIC1111 / Forge: `{kohya}` (kohya layout) into `models/Lora`, then `<lora:{Path(kohya).stem}:1>` in the prompt.",
                  f"- ComfyUI: `{kohya}` into `models/loras`, a LoraLoader at strength 1.0.", ""]
