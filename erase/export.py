@@ -1,15 +1,17 @@
 """Write an erasure out: a diffusers folder, a small delta file, a single-file checkpoint.
 
-- ``export_diffusers``: a full folder that plain ``StableDiffusionPipeline.from_pretrained`` loads,
-  with a model card (README.md with the Hub's front matter, erase.cards).
+- ``export_diffusers``: a full folder that plain ``StableDiffusionPipeline.from_pretrained`` (SDXL:
+  ``StableDiffusionXLPipeline``) loads, with a model card (README.md with the Hub's front matter,
+  erase.cards).
 - ``export_delta``: only the changed tensors, as safetensors, with metadata (method, concepts,
   base model, settings, the base UNet's fingerprint); each key names its component ('unet.…',
-  'text_encoder.…'); ``apply_delta`` writes it into a base pipeline, and also takes partial
-  state dicts in diffusers names (what ESD's and UCE's own scripts save).
+  'text_encoder.…', SDXL's 'text_encoder_2.…'); ``apply_delta`` writes it into a base pipeline,
+  and also takes partial state dicts in diffusers names (what ESD's and UCE's own scripts save).
 - ``export_lora`` / ``export_lora_folder`` (erase.lora): the change as a LoRA, kohya or
   diffusers/PEFT layout; the folder holds both and a model card.
 - ``export_single_file``: one original-layout ``.safetensors`` for single-file tools
-  (and ``StableDiffusionPipeline.from_single_file``).
+  (and ``StableDiffusionPipeline.from_single_file``; SDXL: the SGM layout of its original
+  checkpoints, which ``StableDiffusionXLPipeline.from_single_file`` reads, erase.single_file).
 
 Every file is written under a temporary name and renamed when complete; the base model's
 files are never touched (the erased weights are swapped into the in-memory pipeline only).
@@ -63,9 +65,9 @@ def atomic_path(final: str | Path, overwrite: bool = False):
 def _fp32_components(pipe):
     """Cast half-precision frozen parts to fp32 for saving, and back afterwards."""
     saved = {}
-    for name in ("vae", "text_encoder"):
-        module = getattr(pipe, name)
-        if module.dtype != torch.float32:
+    for name in ("vae", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, name, None)
+        if module is not None and module.dtype != torch.float32:
             saved[name] = module.dtype
             module.to(torch.float32)
     try:
@@ -93,7 +95,10 @@ def export_diffusers(pipe, result: ErasureResult | None, folder: str | Path, ove
         if result is not None:
             meta = dict(result.metadata(), base_fingerprint=json.dumps(fingerprint))
             (tmp / "erase.json").write_text(json.dumps(meta, indent=2))
-            write_card(tmp, model_card(result, kind="model", scores=scores or getattr(result, "scores", None), fingerprint=fingerprint))
+            from erase.lora import model_family
+
+            write_card(tmp, model_card(result, kind="model", scores=scores or getattr(result, "scores", None), fingerprint=fingerprint,
+                                       family=model_family(result, pipe)))
         if is_toyworld(pipe):  # still a toy-world model: keeps its prompts, presets and judge
             (tmp / TOYWORLD_MARKER).write_text(json.dumps({"derived_from": pipe.erase_info.source}, indent=2))
     return Path(folder)
@@ -161,7 +166,8 @@ def export_single_file(pipe, result: ErasureResult | None, path: str | Path, ove
                        dtype: torch.dtype = torch.float32, text_encoder_layout: str = "auto") -> Path:
     """Save the erased pipeline as one original-layout ``.safetensors`` checkpoint. The text
     encoder goes in the layout single-file tools expect: 'clip' (SD 1.x) or 'openclip' (SD 2.x);
-    'auto' picks by the model family."""
+    'auto' picks by the model family (and is the only choice for SDXL, whose two encoders have
+    fixed layouts)."""
     from contextlib import nullcontext
 
     from safetensors.torch import save_file

@@ -16,11 +16,18 @@ Layouts, through diffusers' own writers and converters: 'diffusers' is the PEFT 
 ``diffusers.utils.convert_state_dict_to_kohya`` ('lora_unet_<module>.lora_down.weight', '.alpha',
 'lora_te_…' for the one text encoder of SD 1.x/2.x, as kohya's sd-scripts write it).
 
-What a LoRA cannot carry: biases, norm weights and embeddings have no place in a layout that
+SDXL: ``StableDiffusionXLPipeline.save_lora_weights`` writes the diffusers file, with a
+'text_encoder_2.' part for the second text encoder; the kohya file names the two encoders
+'lora_te1_' and 'lora_te2_' (the converter's names, which A1111, ComfyUI and diffusers read) and
+the UNet 'lora_unet_<diffusers module>' (sd-scripts' own SDXL LoRAs use the original UNet's
+names, 'lora_unet_input_blocks_…'; the three loaders read both).
+
+What a LoRA cannot carry: biases, norm weights, embeddings and SDXL's ``text_projection`` (the
+pooled embedding's projection: A1111 has no LoRA slot for it) have no place in a layout that
 A1111, ComfyUI and diffusers all read, so a changed one is left out (listed in the metadata's
 ``lora_left_out`` and in ``LoraFactors.left_out``, with a warning). UCE changes only weight
 matrices; ESD-x also moves the output projections' biases, AdvUnlearn the text encoder's biases
-and layer norms: for those the LoRA is an approximation even at full rank (BENCHMARKS.md measures
+and layer norms (on SDXL also text_projection): for those the LoRA is an approximation even at full rank (BENCHMARKS.md measures
 what it costs).
 """
 
@@ -37,13 +44,14 @@ import torch
 from erase.errors import EraseError
 
 __all__ = ["FORMATS", "DEFAULT_RANK", "LORA_WEIGHT_NAME", "LoraFactors", "parse_rank", "factorise", "peft_layers",
-           "kohya_state_dict", "lora_metadata", "export_lora", "export_lora_folder", "lora_file_name"]
+           "kohya_state_dict", "lora_metadata", "model_family", "export_lora", "export_lora_folder", "lora_file_name"]
 
 FORMATS = ("kohya", "diffusers")
 # Chosen from the toy-world measurement in BENCHMARKS.md (LoRA rank suite).
 DEFAULT_RANK = 16
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights(folder) looks for
 _EMBEDDING = re.compile(r"(^|\.)[^.]*embedding\.weight$")  # nn.Embedding tables (token, position, class)
+_TEXT_PROJECTION = re.compile(r"(^|\.)text_projection\.weight$")  # SDXL's pooled projection (an OpenCLIP parameter in A1111)
 
 
 def parse_rank(rank) -> int | None:
@@ -69,13 +77,14 @@ def parse_rank(rank) -> int | None:
 
 
 def lora_able(key: str, value: torch.Tensor) -> bool:
-    """Whether a changed tensor is a Linear (2-D) or Conv2d (4-D) weight a LoRA layer can carry."""
-    return key.endswith(".weight") and value.ndim in (2, 4) and not _EMBEDDING.search(key)
+    """Whether a changed tensor is a Linear (2-D) or Conv2d (4-D) weight a LoRA layer can carry
+    (in every tool: not an embedding table, not SDXL's text_projection)."""
+    return key.endswith(".weight") and value.ndim in (2, 4) and not _EMBEDDING.search(key) and not _TEXT_PROJECTION.search(key)
 
 
 @dataclass
 class LoraFactors:
-    """ΔW ≈ up @ down per module. Keys: 'unet.<module>' / 'text_encoder.<module>' (module names as
+    """ΔW ≈ up @ down per module. Keys: 'unet.<module>' / 'text_encoder[_2].<module>' (module names as
     the pipeline's ``named_modules``); down (r, in[, kh, kw]), up (out, r[, 1, 1])."""
 
     down: dict[str, torch.Tensor]
@@ -166,8 +175,9 @@ def factorise(result, rank=DEFAULT_RANK, base=None) -> LoraFactors:
 
 def _file_module(component: str, module: str) -> str:
     """A module name as LoRA files spell it: CLIP text-encoder modules under 'text_model.' (the
-    layout of transformers 4, which every LoRA tool reads; transformers 5 drops that level)."""
-    if component.startswith("text_encoder") and not module.startswith("text_model."):
+    layout of transformers 4, which every LoRA tool reads; transformers 5 drops that level), but
+    a projection model's own 'text_projection' beside it."""
+    if component.startswith("text_encoder") and not module.startswith(("text_model.", "text_projection")):
         return "text_model." + module
     return module
 
@@ -185,23 +195,30 @@ def peft_layers(factors: LoraFactors, dtype: torch.dtype = torch.float32) -> dic
     return out
 
 
-def kohya_state_dict(factors: LoraFactors, text_encoders: int = 1, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """The kohya layout ('lora_unet_…', 'lora_te_…'), converted from the PEFT layout by diffusers'
-    ``convert_state_dict_to_kohya``; one text encoder (SD 1.x/2.x) is 'lora_te_', as sd-scripts,
-    A1111 and ComfyUI name it (the converter writes SDXL's 'lora_te1_')."""
-    from diffusers.utils import convert_state_dict_to_kohya
-
-    layers = peft_layers(factors, dtype)
-    te = layers.get("text_encoder", {})
+def _pad_out_proj(te: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+    """diffusers (0.4x) converts kohya text-encoder attention keys only when an out_proj key is
+    among them and silently drops q/k/v otherwise; a zero LoRA on one out_proj (it adds exactly
+    nothing, in any tool) makes every loader take the rest."""
     attn = [k for k in te if re.search(r"\.self_attn\.[qkv]_proj\.lora_A\.weight$", k)]
     if attn and not any(".self_attn.out_proj." in k for k in te):
-        # diffusers (0.4x) converts kohya text-encoder attention keys only when an out_proj key is
-        # among them and silently drops q/k/v otherwise; a zero LoRA on one out_proj (it adds
-        # exactly nothing, in any tool) makes every loader take the rest.
         layer = attn[0].split(".self_attn.")[0]
         width = te[attn[0]].shape[1]
         te[f"{layer}.self_attn.out_proj.lora_A.weight"] = torch.zeros(1, width, dtype=dtype)
         te[f"{layer}.self_attn.out_proj.lora_B.weight"] = torch.zeros(width, 1, dtype=dtype)
+
+
+def kohya_state_dict(factors: LoraFactors, text_encoders: int | None = None, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The kohya layout ('lora_unet_…', 'lora_te_…'), converted from the PEFT layout by diffusers'
+    ``convert_state_dict_to_kohya``; one text encoder (SD 1.x/2.x) is 'lora_te_', as sd-scripts,
+    A1111 and ComfyUI name it, two (SDXL) are 'lora_te1_' and 'lora_te2_' as the converter writes
+    them. ``text_encoders``: how many the model has (None: 2 if the factors touch text_encoder_2)."""
+    from diffusers.utils import convert_state_dict_to_kohya
+
+    layers = peft_layers(factors, dtype)
+    if text_encoders is None:
+        text_encoders = 2 if "text_encoder_2" in layers else 1
+    for component in ("text_encoder", "text_encoder_2"):
+        _pad_out_proj(layers.get(component, {}), dtype)
     # One alpha for every module (the largest rank R), each up factor scaled by r/R: every tool
     # applies alpha/r, so up·down comes out unchanged. (With an alpha per module diffusers builds an
     # alpha_pattern whose text-encoder keys match no module, and scales those modules wrongly.)
@@ -222,6 +239,19 @@ def kohya_state_dict(factors: LoraFactors, text_encoders: int = 1, dtype: torch.
 
 _ARCH = {"sd1": ("sd_v1", "stable-diffusion-v1/lora"), "sd2": ("sd_v2", "stable-diffusion-v2-768-v/lora"),
          "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora")}
+
+
+def model_family(result, base=None) -> str | None:
+    """'sd1' / 'sd2' / 'sdxl' / … of the base model: its loader's record, else its shape; without a
+    base, 'sdxl' if the erasure changed a second text encoder (else unknown)."""
+    info = getattr(base, "erase_info", None)
+    if info is not None and getattr(info, "family", None):
+        return info.family
+    if base is not None and getattr(base, "unet", None) is not None:
+        from erase.models import model_family as family_of
+
+        return family_of(base)
+    return "sdxl" if any(k.startswith("text_encoder_2.") for k in getattr(result, "tensors", {})) else None
 
 
 def lora_metadata(result, factors: LoraFactors, layout: str, fingerprint: dict | None = None,
@@ -280,19 +310,23 @@ def export_lora(result, path: str | Path, rank=DEFAULT_RANK, format: str = "kohy
     if factors.left_out:
         warnings.warn(f"{len(factors.left_out)} changed tensor(s) are not Linear/Conv2d weights and stay out of the LoRA "
                       f"(e.g. {factors.left_out[0]}); the merged model or the delta carries them", RuntimeWarning, stacklevel=2)
-    family = getattr(getattr(base, "erase_info", None), "family", None)
+    family = model_family(result, base)
     from erase.export import _fingerprint
 
     meta = lora_metadata(result, factors, format, _fingerprint(result, base), family)
+    two_encoders = family == "sdxl" or getattr(base, "text_encoder_2", None) is not None
     with atomic_path(path, overwrite) as tmp:
         if format == "kohya":
-            encoders = 2 if base is not None and getattr(base, "text_encoder_2", None) is not None else 1
+            encoders = 2 if two_encoders or any(m.startswith("text_encoder_2.") for m in factors.down) else None
             save_file(kohya_state_dict(factors, encoders, dtype), str(tmp), metadata=meta)
         else:
-            from diffusers import StableDiffusionPipeline
+            from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
             layers = peft_layers(factors, dtype)
-            writer = type(base) if base is not None and hasattr(type(base), "save_lora_weights") else StableDiffusionPipeline
+            if base is not None and hasattr(type(base), "save_lora_weights"):
+                writer = type(base)
+            else:
+                writer = StableDiffusionXLPipeline if two_encoders or "text_encoder_2" in layers else StableDiffusionPipeline
             kwargs = {f"{c}_lora_layers": layers[c] for c in layers}
             # diffusers' own packer ('unet.' / 'text_encoder.' prefixes); the file goes to the temporary path
             writer.save_lora_weights(str(tmp.parent), weight_name=tmp.name, safe_serialization=True,
@@ -328,7 +362,7 @@ def export_lora_folder(result, folder: str | Path, rank=DEFAULT_RANK, *, base=No
             export_lora(result, tmp / kohya, rank, "kohya", base=base, factors=factors)
             export_lora(result, tmp / LORA_WEIGHT_NAME, rank, "diffusers", base=base, factors=factors)
         card = model_card(result, kind="lora", scores=scores or getattr(result, "scores", None),
-                          fingerprint=_fingerprint(result, base), lora=info)
+                          fingerprint=_fingerprint(result, base), lora=info, family=model_family(result, base))
         write_card(tmp, card)
     info["folder"] = str(folder)
     return info

@@ -8,7 +8,7 @@ Three kinds of file are read (safetensors only):
 - ``delta``: ``export_delta``'s files (metadata ``format: erase-delta``);
 - ``state-dict``: a partial state dict in diffusers parameter names, the erased values of the
   tensors that changed, as ESD's and UCE's own scripts save them (bare UNet names, or
-  'unet.' / 'text_encoder.' prefixed);
+  'unet.' / 'text_encoder.' / 'text_encoder_2.' prefixed);
 - ``lora``: a LoRA in the kohya or the diffusers/PEFT layout (ours or another tool's). diffusers
   itself reads it (``pipe.load_lora_weights``, which converts the kohya layout), PEFT gives each
   layer's ΔW, and the adapters are unloaded again: the erased weights are base + ΔW, as
@@ -85,17 +85,23 @@ def read_weights(path: str | Path) -> tuple[str, dict[str, torch.Tensor], dict[s
 
 
 def fit_names(pipe, tensors: dict) -> dict:
-    """Text-encoder keys spelled for ``pipe``'s CLIP: with or without the 'text_model.' level
-    (transformers 4 has it, transformers 5 does not); other keys unchanged."""
+    """Text-encoder keys spelled for ``pipe``'s CLIPs: with or without the 'text_model.' level
+    (transformers 4 has it, transformers 5 drops it from CLIPTextModel); a name the encoder has
+    as it is (SDXL's top-level 'text_projection.weight') and other keys unchanged."""
     from erase.api import qualified_name, split_name
 
+    own: dict[str, set] = {}
     out = {}
     for key, value in tensors.items():
         component, name = split_name(key)
-        if component.startswith("text_encoder"):
-            module = getattr(pipe, component, None)
-            nested = module is not None and hasattr(module, "text_model")
-            if nested and not name.startswith("text_model."):
+        module = getattr(pipe, component, None) if component.startswith("text_encoder") else None
+        if module is not None:
+            if component not in own:
+                own[component] = {n for n, _ in module.named_parameters()}
+            nested = hasattr(module, "text_model")
+            if name in own[component]:
+                pass
+            elif nested and not name.startswith("text_model."):
                 name = "text_model." + name
             elif not nested and name.startswith("text_model."):
                 name = name.removeprefix("text_model.")
@@ -127,6 +133,15 @@ def _nonzero_modules(tensors: dict) -> int:
     """How many LoRA modules of a file (either layout) have a non-zero up/B weight."""
     ups = [v for k, v in tensors.items() if k.endswith((".lora_B.weight", ".lora_up.weight", ".lora.up.weight", "_lora.up.weight"))]
     return sum(1 for v in ups if bool(v.abs().max() > 0))
+
+
+def _first_line(error: Exception) -> str:
+    """The line of a (multi-line) library error that says what is wrong: a size mismatch where
+    torch lists them under 'Error(s) in loading state_dict…:', else the first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return next((line for line in lines if "mismatch" in line), lines[0])
 
 
 def lora_tensors(pipe, path: str | Path, tensors: dict | None = None) -> dict[str, torch.Tensor]:
@@ -164,8 +179,7 @@ def lora_tensors(pipe, path: str | Path, tensors: dict | None = None) -> dict[st
     except EraseError:
         raise
     except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EraseError(f"{path} does not fit this model (diffusers could not load it as a LoRA): {first[:300]}") from None
+        raise EraseError(f"{path} does not fit this model (diffusers could not load it as a LoRA): {_first_line(e)[:300]}") from None
     finally:
         try:
             pipe.unload_lora_weights()
