@@ -104,7 +104,7 @@ def model_card(result, *, kind: str = "model", scores: dict | None = None, finge
     """README.md text for an exported erased model (``kind='model'``: a diffusers folder) or a LoRA
     folder (``kind='lora'``; ``lora``: its rank, files and left-out tensors, as ``export_lora_folder``
     reports them). ``scores``: {concept: {'UA': share, 'IRA': …, 'CRA': …, 'UA_heldout': …}}.
-    ``family``: the base model's ('sd1', 'sd2', 'sdxl', …; erase.lora.model_family), for the tags
+    ``family``: the base model's ('sd1', 'sd2', 'sdxl', …; erase.lora.base_family), for the tags
     and the pipeline class in the code."""
     if kind not in ("model", "lora"):
         raise ValueError(f"kind must be 'model' or 'lora', got {kind!r}")

@@ -95,10 +95,10 @@ def export_diffusers(pipe, result: ErasureResult | None, folder: str | Path, ove
         if result is not None:
             meta = dict(result.metadata(), base_fingerprint=json.dumps(fingerprint))
             (tmp / "erase.json").write_text(json.dumps(meta, indent=2))
-            from erase.lora import model_family
+            from erase.lora import base_family
 
             write_card(tmp, model_card(result, kind="model", scores=scores or getattr(result, "scores", None), fingerprint=fingerprint,
-                                       family=model_family(result, pipe)))
+                                       family=base_family(result, pipe)))
         if is_toyworld(pipe):  # still a toy-world model: keeps its prompts, presets and judge
             (tmp / TOYWORLD_MARKER).write_text(json.dumps({"derived_from": pipe.erase_info.source}, indent=2))
     return Path(folder)

@@ -26,9 +26,9 @@ What a LoRA cannot carry: biases, norm weights, embeddings and SDXL's ``text_pro
 pooled embedding's projection: A1111 has no LoRA slot for it) have no place in a layout that
 A1111, ComfyUI and diffusers all read, so a changed one is left out (listed in the metadata's
 ``lora_left_out`` and in ``LoraFactors.left_out``, with a warning). UCE changes only weight
-matrices; ESD-x also moves the output projections' biases, AdvUnlearn the text encoder's biases
-and layer norms (on SDXL also text_projection): for those the LoRA is an approximation even at full rank (BENCHMARKS.md measures
-what it costs).
+matrices; ESD-x also moves the output projections' biases, AdvUnlearn the text encoders' biases
+and layer norms (on SDXL also text_projection): for those the LoRA is an approximation even at
+full rank (BENCHMARKS.md measures what it costs; tests/test_sdxl_exports.py on SDXL).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import torch
 from erase.errors import EraseError
 
 __all__ = ["FORMATS", "DEFAULT_RANK", "LORA_WEIGHT_NAME", "LoraFactors", "parse_rank", "factorise", "peft_layers",
-           "kohya_state_dict", "lora_metadata", "model_family", "export_lora", "export_lora_folder", "lora_file_name"]
+           "kohya_state_dict", "lora_metadata", "base_family", "export_lora", "export_lora_folder", "lora_file_name"]
 
 FORMATS = ("kohya", "diffusers")
 # Chosen from the toy-world measurement in BENCHMARKS.md (LoRA rank suite).
@@ -241,7 +241,7 @@ _ARCH = {"sd1": ("sd_v1", "stable-diffusion-v1/lora"), "sd2": ("sd_v2", "stable-
          "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora")}
 
 
-def model_family(result, base=None) -> str | None:
+def base_family(result, base=None) -> str | None:
     """'sd1' / 'sd2' / 'sdxl' / … of the base model: its loader's record, else its shape; without a
     base, 'sdxl' if the erasure changed a second text encoder (else unknown)."""
     info = getattr(base, "erase_info", None)
@@ -310,7 +310,7 @@ def export_lora(result, path: str | Path, rank=DEFAULT_RANK, format: str = "kohy
     if factors.left_out:
         warnings.warn(f"{len(factors.left_out)} changed tensor(s) are not Linear/Conv2d weights and stay out of the LoRA "
                       f"(e.g. {factors.left_out[0]}); the merged model or the delta carries them", RuntimeWarning, stacklevel=2)
-    family = model_family(result, base)
+    family = base_family(result, base)
     from erase.export import _fingerprint
 
     meta = lora_metadata(result, factors, format, _fingerprint(result, base), family)
@@ -362,7 +362,7 @@ def export_lora_folder(result, folder: str | Path, rank=DEFAULT_RANK, *, base=No
             export_lora(result, tmp / kohya, rank, "kohya", base=base, factors=factors)
             export_lora(result, tmp / LORA_WEIGHT_NAME, rank, "diffusers", base=base, factors=factors)
         card = model_card(result, kind="lora", scores=scores or getattr(result, "scores", None),
-                          fingerprint=_fingerprint(result, base), lora=info, family=model_family(result, base))
+                          fingerprint=_fingerprint(result, base), lora=info, family=base_family(result, base))
         write_card(tmp, card)
     info["folder"] = str(folder)
     return info
