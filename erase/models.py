@@ -313,7 +313,13 @@ def _load(kind: str, location: str, config, local_files_only: bool, common: dict
                     f"{location} is an SDXL single file: offline, pass config=<a local SDXL diffusers folder> "
                     "(--config on the command line) so that its components can be built"
                 )
-            return _pipeline_class(cls).from_single_file(location, **kwargs)
+            pipe = _pipeline_class(cls).from_single_file(location, **kwargs)
+            for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+                module = getattr(pipe, name, None)
+                if module is not None and any(p.is_meta for p in module.parameters()):
+                    raise EraseError(f"{location}: diffusers could not read the {name} weights from this single file "
+                                     "(they stay unloaded); is the config the model it was made from?")
+            return pipe
         cls = check_pipeline_class(_hub_class(location, local_files_only), location)
         return _pipeline_class(cls).from_pretrained(location, use_safetensors=True, local_files_only=local_files_only,
                                                     **_arguments(cls, common))

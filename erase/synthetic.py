@@ -111,9 +111,10 @@ def _components(kind: str, tokenizer):
 
 def _sdxl_components(tokenizer):
     """SDXL's shape in miniature (after diffusers' own SDXL test components): two CLIP text
-    encoders whose penultimate hidden states are concatenated (32 + 32 = 64-d context), the
+    encoders whose penultimate hidden states are concatenated (32 + 48 = 80-d context), the
     second with a projection (the pooled embedding), and a UNet with 'text_time' added embeddings
-    (pooled 32 + 6 time ids x 8 = 80)."""
+    (pooled 48 + 6 time ids x 8 = 96). The encoders differ in width as SDXL's do (768 and 1280):
+    diffusers' from_single_file tells their weights apart by width only."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -123,8 +124,8 @@ def _sdxl_components(tokenizer):
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 2),
-        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80,
-        cross_attention_dim=64, norm_num_groups=16,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=96,
+        cross_attention_dim=80, norm_num_groups=16,
     )
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, block_out_channels=(16, 32),
@@ -137,7 +138,8 @@ def _sdxl_components(tokenizer):
         num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length, projection_dim=32,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    return unet, vae, CLIPTextModel(text), CLIPTextModelWithProjection(text)
+    text_2 = CLIPTextConfig(**{**text.to_dict(), "hidden_size": 48, "intermediate_size": 96, "projection_dim": 48})
+    return unet, vae, CLIPTextModel(text), CLIPTextModelWithProjection(text_2)
 
 
 def _scheduler():

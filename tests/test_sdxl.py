@@ -56,10 +56,10 @@ def test_conditioning_is_the_pipelines_own(sdxl):
     """One packed tensor per prompt gives exactly the UNet output the SDXL pipeline's own
     encode_prompt + added time ids give; the unconditional one is its zeroed negative."""
     emb, ids = encode_prompts(sdxl, PROMPTS)
-    assert emb.shape == (2, 17, 64) and ids.shape == (2, 16)  # 16 tokens + the packed row; 32 + 32 wide
+    assert emb.shape == (2, 17, 80) and ids.shape == (2, 16)  # 16 tokens + the packed row; 32 + 48 wide
     pos, neg, pooled, neg_pooled = sdxl.encode_prompt(PROMPTS, device="cpu", do_classifier_free_guidance=True)
     assert torch.equal(token_states(sdxl, emb), pos)
-    time_ids = sdxl._get_add_time_ids((16, 16), (0, 0), (16, 16), dtype=torch.float32, text_encoder_projection_dim=32)
+    time_ids = sdxl._get_add_time_ids((16, 16), (0, 0), (16, 16), dtype=torch.float32, text_encoder_projection_dim=48)
     x, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([100, 700])
     ours = sdxl.unet(x, t, **unet_inputs(sdxl.unet, emb)).sample
     theirs = sdxl.unet(x, t, encoder_hidden_states=pos, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.repeat(2, 1)}).sample
@@ -79,7 +79,7 @@ def test_learned_tokens_go_through_both_encoders(sdxl):
     from erase.inversion import embedding_table, encode_with_vectors, slotted
 
     table = embedding_table(sdxl)
-    assert table.shape[1] == 32 + 32
+    assert table.shape[1] == 32 + 48
     span = len(concept_token_ids(sdxl.tokenizer, "van gogh"))
     ids, slots = slotted(sdxl, PROMPTS[:1], "van gogh", span)
     assert ids.shape == (1, 2, 16) and not torch.equal(ids[0, 0], ids[0, 1])  # the two tokenizers pad differently
@@ -119,7 +119,7 @@ def test_every_method_erases_on_sdxl(sdxl, method, config, components):
 
         job = ErasureJob(pipe=sdxl, concepts=["van gogh"], prompts=prompt_source_for(sdxl))
         c_p = edit_problem(job, UCEConfig(preserve=["dog"])).c_p
-        assert c_p.shape[1] == 64 and not (c_p[:, 32:38] == torch.tensor([16.0, 16, 0, 0, 16, 16], dtype=c_p.dtype)).all(1).any()
+        assert c_p.shape[1] == 80 and not (c_p[:, 48:54] == torch.tensor([16.0, 16, 0, 0, 16, 16], dtype=c_p.dtype)).all(1).any()
     if method == "advunlearn" and "text_encoder_2" in components:  # the pooled projection trains too
         assert "text_encoder_2.text_projection.weight" in result.tensors
 
@@ -137,7 +137,7 @@ def test_attacks_run_on_sdxl_and_leave_the_pipe(sdxl, attack, config):
     res = run_attack(sdxl, "van gogh", attack, config, erasure=erasure, seeds=[0], sampling={"steps": 2})
     assert res.images and all(torch.equal(before[k], v) for k, v in _state(sdxl).items())
     if attack == "ti":
-        assert res.learned["vectors"].shape[-1] == 64
+        assert res.learned["vectors"].shape[-1] == 80
     if attack == "relapse":
         assert res.stats["fine_tuned"] == ["text_encoder", "unet"]
 
