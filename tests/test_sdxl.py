@@ -188,3 +188,20 @@ def test_app_loads_erases_compares_and_draws_on_sdxl(sdxl_folder, tmp_path):
     maps = cb.heatmaps(session, "0", 2)
     assert len(maps) == 4 and maps[0][0].size == (16, 16)
     session.close()
+
+
+def test_half_precision_frozen_parts_on_sdxl(sdxl_folder):
+    """The GPU's dtype path (bf16 frozen parts, fp32 UNet) on SDXL: both encoders are cast, the
+    text-encoder scope trains both in fp32 and puts them back in bf16."""
+    import warnings
+
+    from erase.models import load_pipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = load_pipeline(sdxl_folder, mixed_precision="bf16")
+        assert (pipe.text_encoder.dtype, pipe.text_encoder_2.dtype, pipe.unet.dtype) == (torch.bfloat16, torch.bfloat16, torch.float32)
+        result = erase_concepts(pipe, "van gogh", "advunlearn", FAST_ADV, inplace=False)
+    assert (pipe.text_encoder.dtype, pipe.text_encoder_2.dtype) == (torch.bfloat16, torch.bfloat16)
+    assert set(result.components()) == {"text_encoder", "text_encoder_2"}
+    assert all(v.dtype == torch.float32 for v in result.tensors.values())
