@@ -105,8 +105,10 @@ def test_gram_sums_every_projection():
 @needs_bundled
 @pytest.mark.slow
 def test_rece_holds_square_against_textual_inversion_where_uce_does_not():
-    """The toy-world preset on 'square': erased as UCE erases it, and the textual-inversion attack
-    (its toy-world preset) no longer brings it back (measured 94 % post-attack UA; UCE 11 %). ~4 min."""
+    """The toy-world preset on 'square' with a lighter adversary (30 inversion steps per epoch
+    instead of 100, for the test's time): erased as UCE erases it, and the textual-inversion attack
+    (its toy-world preset) no longer brings it back (measured 100 % post-attack UA; the preset's
+    100 steps 94 %, 50 steps 94 %; UCE 11 %). ~1.5 min."""
     from erase.attacks import make_config, run_attack
     from erase.models import load_pipeline
     from erase.robustness import AttackData
@@ -114,7 +116,7 @@ def test_rece_holds_square_against_textual_inversion_where_uce_does_not():
     pipe = load_pipeline(None)
     data = AttackData(pipe, "square").get("ti", make_config("ti", toyworld=True))
     post = {}
-    for method in ("uce", "rece"):
-        result = erase_concepts(pipe, "square", method, inplace=False)
+    for method, config in (("uce", None), ("rece", {"inversion_steps": 30})):
+        result = erase_concepts(pipe, "square", method, config, inplace=False)
         post[method] = run_attack(pipe, "square", "ti", erasure=result, data=data, seeds=[0]).ua
     assert post["uce"] <= 0.3 and post["rece"] >= 0.8, post

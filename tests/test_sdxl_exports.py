@@ -6,8 +6,8 @@ AdvUnlearn on both text encoders, made separately from the same base and taken t
 
 Tolerances (measured on the tiny SDXL pipeline, 2 steps, seeds 0 and 1, kohya layout): the erasure
 moves the images by 22.8 levels on average. A full-rank LoRA (either layout, through plain diffusers)
-gives exactly the images of the erasure restricted to the Linear/Conv weights a LoRA carries (max
-difference 0), and for a UNet-only erasure exactly the delta's images (0); against the whole delta
+gives the images of the erasure restricted to the Linear/Conv weights a LoRA carries (max
+difference 0 with one thread; with two, float rounding moves a pixel level here and there: mean 0.0007), and for a UNet-only erasure exactly the delta's images (0); against the whole delta
 it is off by what it cannot carry (AdvUnlearn's biases, layer norms and text_projection): mean
 1.16, max 6 of 255. At rank 4 (largest relative weight error 0.59) it is off from the restricted
 erasure by 0.31 on average (max 2); rank 8 (0.41): 0.09 (1); rank 2 (0.75): 0.87 (6).
@@ -182,7 +182,9 @@ def test_both_lora_layouts_load_in_plain_sdxl_diffusers(erased, sdxl_folder, tmp
         got = _array(generate(plain, PROMPTS, SEEDS, steps=STEPS))
         err = float(np.abs(got - _array(weights_only)).mean())
         if rank == "full":
-            assert err == 0, layout  # the LoRA is the carried part of the erasure exactly
+            # the carried part of the erasure, up to float rounding (W + up·down computed apart from the
+            # merged W): 0 with one thread, a pixel level here and there with two (mean 0.0007)
+            assert err < 0.01 and np.abs(got - _array(weights_only)).max() <= 1, (layout, err)
             off = np.abs(got - _array(expected))
             assert off.mean() < 0.1 * effect and off.max() <= 16  # the delta's images, but for the left-out tensors
         else:
@@ -202,7 +204,8 @@ def test_a_unet_only_lora_equals_the_delta(erased, sdxl_folder, tmp_path):
     for layout in ("kohya", "diffusers"):
         plain = _plain(sdxl_folder)
         plain.load_lora_weights(str(export_lora(unet, tmp_path / f"{layout}.safetensors", "full", layout, base=pipe)))
-        assert images_equal(generate(plain, PROMPTS, SEEDS, steps=STEPS), expected), layout
+        off = np.abs(_array(generate(plain, PROMPTS, SEEDS, steps=STEPS)) - _array(expected))
+        assert off.mean() < 0.01 and off.max() <= 1, layout  # the delta's images, up to float rounding (see above)
 
 
 def test_delta_and_loras_load_back_onto_the_current_model(erased, files, sdxl_folder):
