@@ -24,7 +24,8 @@ from erase import methods
 from erase.errors import EraseError
 from erase.models import is_toyworld, resolve_mixed_precision
 from erase.prompts import prompt_source_for
-from erase.training import ProgressFn, scope_component, select_tensors, text_encoder_names
+from erase.conditioning import text_encoder_names
+from erase.training import ProgressFn, scope_component, select_tensors
 
 __all__ = [
     "ErasureResult", "erase_concepts", "normalise_concepts", "config_for", "load_tensors", "load_unet_tensors",

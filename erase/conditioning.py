@@ -21,8 +21,8 @@ import torch
 from erase.errors import EraseError
 
 __all__ = [
-    "is_sdxl", "text_encoders", "encode", "unet_inputs", "token_states", "unconditional", "time_ids",
-    "pooled_width", "pipeline_inputs",
+    "is_sdxl", "text_encoder_names", "text_encoders", "token_ids", "stack_ids", "first_ids", "encode", "unet_inputs",
+    "token_states", "unconditional", "time_ids", "pooled_width", "pipeline_inputs",
 ]
 
 TIME_IDS = 6  # original (h, w), crop top-left (y, x), target (h, w)
@@ -44,12 +44,32 @@ def pooled_width(obj) -> int:
     return int(cfg.projection_class_embeddings_input_dim) - TIME_IDS * int(cfg.addition_time_embed_dim)
 
 
+def text_encoder_names(pipe) -> list[str]:
+    """The pipeline's text encoders by attribute name: ['text_encoder'], or on SDXL both."""
+    return [n for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None]
+
+
 def text_encoders(pipe) -> list[tuple[object, torch.nn.Module]]:
     """(tokenizer, text encoder) pairs in the order the pipeline concatenates their outputs."""
-    pairs = [(pipe.tokenizer, pipe.text_encoder)]
-    if is_sdxl(pipe):
-        pairs = [p for p in pairs if p[1] is not None] + [(pipe.tokenizer_2, pipe.text_encoder_2)]
-    return pairs
+    return [(getattr(pipe, n.replace("text_encoder", "tokenizer")), getattr(pipe, n)) for n in text_encoder_names(pipe)]
+
+
+def stack_ids(per_encoder: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One id tensor per text encoder as one tensor: (N, L) where there is one encoder, else
+    (N, E, L) (SDXL's two tokenizers pad differently). Rows index like prompts either way."""
+    return per_encoder[0] if len(per_encoder) == 1 else torch.stack(list(per_encoder), dim=1)
+
+
+def first_ids(ids: torch.Tensor) -> torch.Tensor:
+    """The first tokenizer's ids (N, L) of ids as :func:`stack_ids` makes them."""
+    return ids if ids.ndim == 2 else ids[:, 0]
+
+
+def token_ids(pipe, prompts: Sequence[str]) -> torch.Tensor:
+    """Padded ids of ``prompts`` for every text encoder, as :func:`stack_ids` makes them."""
+    from erase.concepts import tokenize
+
+    return stack_ids([tokenize(tok, list(prompts)) for tok, _ in text_encoders(pipe)])
 
 
 def time_ids(pipe) -> torch.Tensor:
@@ -72,17 +92,14 @@ def _pack(pipe, tokens: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
     return torch.cat([tokens, extra], dim=1)
 
 
-def encode(pipe, prompts: Sequence[str] | None = None, *, ids: Sequence[torch.Tensor] | torch.Tensor | None = None) -> torch.Tensor:
+def encode(pipe, prompts: Sequence[str] | None = None, *, ids: torch.Tensor | None = None) -> torch.Tensor:
     """The UNet's text conditioning (fp32; packed on SDXL), keeping the graph (wrap in no_grad
-    where it is not needed). Give ``prompts``, or ``ids``: one padded id tensor per text encoder
-    (or one for all of them)."""
-    from erase.concepts import tokenize
-
+    where it is not needed). Give ``prompts``, or ``ids``: (N, E, L) with one row per text encoder
+    (:func:`token_ids`), or (N, L) for all of them."""
     pairs = text_encoders(pipe)
     if ids is None:
-        ids = [tokenize(tok, list(prompts)) for tok, _ in pairs]
-    elif isinstance(ids, torch.Tensor):
-        ids = [ids] * len(pairs)
+        ids = token_ids(pipe, prompts)
+    ids = list(ids.unbind(1)) if ids.ndim == 3 else [ids] * len(pairs)
     if not is_sdxl(pipe):
         te = pairs[0][1]
         return te(ids[0].to(te.device))[0].float()

@@ -36,14 +36,11 @@ class PromptSet:
 def encode_prompts(pipe, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """The UNet's text conditioning (fp32), exactly as the pipeline makes it, and the first
     tokenizer's padded ids. On SDXL the conditioning is packed (see erase.conditioning)."""
-    from erase.concepts import tokenize
-    from erase.conditioning import encode, text_encoders
+    from erase.conditioning import encode, first_ids, token_ids
 
-    ids = [tokenize(tok, list(prompts)) for tok, _ in text_encoders(pipe)]
-    out = []
-    for start in range(0, len(prompts), 32):
-        out.append(encode(pipe, ids=[i[start : start + 32] for i in ids]))
-    return torch.cat(out), ids[0]
+    ids = token_ids(pipe, prompts)
+    out = [encode(pipe, ids=chunk) for chunk in ids.split(32)]
+    return torch.cat(out), first_ids(ids)
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from erase.errors import EraseError
 
 __all__ = [
     "slot_ids", "slotted_prompts", "slotted", "injected", "encode_with_vectors", "init_vectors", "learn_vectors",
-    "embedding_table",
+    "embedding_table", "per_tokenizer",
 ]
 
 
@@ -78,17 +78,21 @@ def embedding_table(pipe) -> torch.Tensor:
     return tables[0] if len(tables) == 1 else torch.cat(tables, dim=1)
 
 
-def slotted(pipe, prompts: Sequence[str], concept: str, n: int) -> tuple[torch.Tensor, list[list[int]]]:
-    """(ids, slots) for ``pipe``'s text encoders: ids (N, L), or (N, E, L) with one row per
-    tokenizer where there are E of them (SDXL: they pad differently); the slots are the same."""
-    from erase.conditioning import text_encoders
+def per_tokenizer(pipe, make, what: str) -> tuple[torch.Tensor, list[list[int]]]:
+    """``make(tokenizer) -> (ids (N, L), slots)`` for each of ``pipe``'s tokenizers, as (ids, slots):
+    ids as erase.conditioning.stack_ids makes them; the slots must be the same for every tokenizer."""
+    from erase.conditioning import stack_ids, text_encoders
 
-    made = [slotted_prompts(tok, prompts, concept, n) for tok, _ in text_encoders(pipe)]
-    if len(made) == 1:
-        return made[0]
+    made = [make(tok) for tok, _ in text_encoders(pipe)]
     if any(m[1] != made[0][1] for m in made[1:]):
-        raise EraseError(f"the text encoders' tokenizers split {concept!r} differently; learned tokens need the same positions")
-    return torch.stack([m[0] for m in made], dim=1), made[0][1]
+        raise EraseError(f"the text encoders' tokenizers place {what} differently; learned tokens need the same positions")
+    return stack_ids([m[0] for m in made]), made[0][1]
+
+
+def slotted(pipe, prompts: Sequence[str], concept: str, n: int) -> tuple[torch.Tensor, list[list[int]]]:
+    """(ids, slots) of :func:`slotted_prompts` for ``pipe``'s text encoders: ids (N, L), or
+    (N, E, L) with one row per tokenizer where there are E of them (SDXL: they pad differently)."""
+    return per_tokenizer(pipe, lambda tok: slotted_prompts(tok, prompts, concept, n), repr(concept))
 
 
 @contextmanager
@@ -108,12 +112,11 @@ def encode_with_vectors(pipe, ids: torch.Tensor, slots: Sequence[Sequence[int]],
     from erase.conditioning import encode, text_encoders
 
     encoders = [te for _, te in text_encoders(pipe)]
-    per_encoder = list(ids.unbind(1)) if ids.ndim == 3 else [ids] * len(encoders)
     parts = vectors.split([te.get_input_embeddings().weight.shape[1] for te in encoders], dim=-1)
     with ExitStack() as stack:
         for te, part in zip(encoders, parts):
             stack.enter_context(injected(te, part, slots))
-        return encode(pipe, ids=per_encoder)
+        return encode(pipe, ids=ids)
 
 
 @torch.no_grad()

@@ -317,8 +317,8 @@ def export_lora(result, path: str | Path, rank=DEFAULT_RANK, format: str = "kohy
     two_encoders = family == "sdxl" or getattr(base, "text_encoder_2", None) is not None
     with atomic_path(path, overwrite) as tmp:
         if format == "kohya":
-            encoders = 2 if two_encoders or any(m.startswith("text_encoder_2.") for m in factors.down) else None
-            save_file(kohya_state_dict(factors, encoders, dtype), str(tmp), metadata=meta)
+            # None: kohya_state_dict counts two where the factors touch text_encoder_2
+            save_file(kohya_state_dict(factors, 2 if two_encoders else None, dtype), str(tmp), metadata=meta)
         else:
             from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 

@@ -144,10 +144,11 @@ def place_pipeline(pipe, device: torch.device | str, mixed_precision: str):
     pipe.to(device)
     frozen_dtype = half_dtype(mixed_precision)
     if frozen_dtype != torch.float32:
+        from erase.conditioning import text_encoder_names
+
         pipe.vae.to(dtype=frozen_dtype)
-        for name in ("text_encoder", "text_encoder_2"):
-            if getattr(pipe, name, None) is not None:
-                getattr(pipe, name).to(dtype=frozen_dtype)
+        for name in text_encoder_names(pipe):
+            getattr(pipe, name).to(dtype=frozen_dtype)
     pipe.erase_mixed_precision = mixed_precision
     return pipe
 

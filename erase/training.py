@@ -25,7 +25,7 @@ SCOPES = (*UNET_SCOPES, "text_encoder")
 # progress(done, total, info) -> None; raise Cancelled inside it to stop the run.
 ProgressFn = Callable[[int, int, dict], None]
 
-__all__ = ["SCOPES", "UNET_SCOPES", "scope_component", "scope_modules", "text_encoder_names", "select_tensors", "Cancelled", "ProgressFn", "select_parameters", "Trainer", "TrainStats", "make_accelerator"]
+__all__ = ["SCOPES", "UNET_SCOPES", "scope_component", "scope_modules", "select_tensors", "Cancelled", "ProgressFn", "select_parameters", "Trainer", "TrainStats", "make_accelerator"]
 
 
 class Cancelled(Exception):
@@ -37,13 +37,10 @@ def scope_component(scope: str) -> str:
     return "text_encoder" if scope == "text_encoder" else "unet"
 
 
-def text_encoder_names(pipe) -> list[str]:
-    """The pipeline's text encoders by attribute name: ['text_encoder'], or on SDXL both."""
-    return [n for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None]
-
-
 def scope_modules(pipe, scope: str) -> dict[str, nn.Module]:
     """The components a scope trains, by name: the UNet, or every text encoder (SDXL: both)."""
+    from erase.conditioning import text_encoder_names
+
     if scope_component(scope) == "unet":
         return {"unet": pipe.unet}
     return {n: getattr(pipe, n) for n in text_encoder_names(pipe)}

@@ -87,8 +87,9 @@ def prefixed_ids(tokenizer, prompts, prefix_ids: torch.Tensor) -> tuple[torch.Te
 
 def prefixed_for(pipe, prompts, prefix_ids: torch.Tensor) -> tuple[torch.Tensor, list[list[int]]]:
     """:func:`prefixed_ids` for each of ``pipe``'s tokenizers: (N, L) ids, or (N, E, L) on SDXL."""
-    made = [prefixed_ids(tok, prompts, prefix_ids) for tok, _ in text_encoders(pipe)]
-    return made[0] if len(made) == 1 else (torch.stack([m[0] for m in made], dim=1), made[0][1])
+    from erase.inversion import per_tokenizer
+
+    return per_tokenizer(pipe, lambda tok: prefixed_ids(tok, prompts, prefix_ids), "the prefix")
 
 
 def run(ctx, cfg: PromptAttackConfig) -> Attacked:
@@ -161,7 +162,7 @@ def run(ctx, cfg: PromptAttackConfig) -> Attacked:
     eval_base = [anchor_prompt(p, concept, None) for p in ctx.eval_prompts]
     ids, _ = prefixed_for(pipe, eval_base, found)
     with torch.no_grad():
-        emb = torch.cat([encode(pipe, ids=list(chunk.unbind(1)) if chunk.ndim == 3 else chunk).cpu() for chunk in ids.split(64)])
+        emb = torch.cat([encode(pipe, ids=chunk).cpu() for chunk in ids.split(64)])
     shown = [f"{prefix_text} {p}".strip() for p in eval_base]
     return Attacked(prompts=shown, prompt_embeds=emb, learned={"token_ids": found.tolist(), "prefix": prefix_text},
                     stats={"held_out_loss": best[0], "best_step": best[2], "loss_last50": sum(losses[-50:]) / len(losses[-50:])})

@@ -51,8 +51,7 @@ def run(ctx, cfg: RelapseConfig) -> Attacked:
     from torch import nn
 
     from erase.api import load_tensors
-    from erase.concepts import tokenize
-    from erase.conditioning import encode, text_encoders
+    from erase.conditioning import encode, text_encoders, token_ids
     from erase.data import add_noise, diffusion_target, encode_prompts
     from erase.training import Trainer, scope_component, scope_modules, select_tensors
 
@@ -61,7 +60,7 @@ def run(ctx, cfg: RelapseConfig) -> Attacked:
     params = {n: p for s in chosen for n, p in select_tensors(pipe, s).items()}
     components = sorted({scope_component(s) for s in chosen})
     saved = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
-    ids = [tokenize(tok, ctx.prompts) for tok, _ in text_encoders(pipe)]  # one id tensor per text encoder
+    ids = token_ids(pipe, ctx.prompts)
     emb = encode_prompts(pipe, ctx.prompts)[0].cpu()
     scheduler = ctx.scheduler()
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -70,7 +69,7 @@ def run(ctx, cfg: RelapseConfig) -> Attacked:
         idx = torch.randint(0, len(ctx.latents), (cfg.batch_size,), generator=gen)
         x0 = ctx.latents[idx].to(ctx.device)
         x_t, noise, t = add_noise(scheduler, x0, gen)
-        cond = encode(pipe, ids=[i[idx] for i in ids]) if "text_encoder" in components else emb[idx]
+        cond = encode(pipe, ids=ids[idx]) if "text_encoder" in components else emb[idx]
         pred = pipe.unet(x_t, t, **unet_inputs(pipe.unet, cond.to(ctx.device, pipe.unet.dtype))).sample
         return F.mse_loss(pred.float(), diffusion_target(scheduler, x0, noise, t).float())
 

@@ -124,32 +124,30 @@ class _Conditioner:
     concept's place) and the retain prompts, with the gradient kept when the encoder trains."""
 
     def __init__(self, pipe, prompts: list[str], concept_of: list[str], retain: list[str], n_tokens: int, trains_encoder: bool):
-        from erase.concepts import tokenize
-        from erase.conditioning import text_encoders
+        from erase.conditioning import token_ids
         from erase.data import encode_prompts
         from erase.inversion import slotted
 
         self.pipe, self.trains = pipe, trains_encoder
-        tokenizers = [tok for tok, _ in text_encoders(pipe)]
-        self.ids = [tokenize(tok, prompts) for tok in tokenizers]  # one id tensor per text encoder
+        self.ids = token_ids(pipe, prompts)
         made = [slotted(pipe, [p], c, n_tokens) for p, c in zip(prompts, concept_of)]
         self.adv_ids, self.slots = torch.cat([m[0] for m in made]), [m[1][0] for m in made]
-        self.retain_ids = [tokenize(tok, retain) for tok in tokenizers]
+        self.retain_ids = token_ids(pipe, retain)
         if not trains_encoder:  # frozen encoder: its outputs once
             with torch.no_grad():
                 self.cond = encode_prompts(pipe, prompts)[0].cpu()
                 self.retain_cond = encode_prompts(pipe, retain)[0].cpu() if retain else None
 
-    def _encode(self, ids: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    def _encode(self, ids: torch.Tensor) -> torch.Tensor:
         from erase.conditioning import encode
 
-        return encode(self.pipe, ids=[i[rows] for i in ids])
+        return encode(self.pipe, ids=ids)
 
     def plain(self, rows: torch.Tensor) -> torch.Tensor:
-        return self._encode(self.ids, rows) if self.trains else self.cond[rows]
+        return self._encode(self.ids[rows]) if self.trains else self.cond[rows]
 
     def retain(self, rows: torch.Tensor) -> torch.Tensor:
-        return self._encode(self.retain_ids, rows) if self.trains else self.retain_cond[rows]
+        return self._encode(self.retain_ids[rows]) if self.trains else self.retain_cond[rows]
 
     def adversarial(self, rows: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         from erase.inversion import encode_with_vectors

@@ -25,7 +25,7 @@ import torch
 
 from erase.attention import AttentionRecorder, record_cross_attention
 from erase.concepts import STYLE_TEMPLATES, eos_position
-from erase.conditioning import unet_inputs
+from erase.conditioning import first_ids, unet_inputs
 from erase.data import add_noise
 from erase.errors import EraseError
 from erase.methods import MethodConfig, check_positive, option, register
@@ -98,7 +98,7 @@ def invert_concepts(job, cfg: FMNConfig, forget, scheduler) -> dict:
             emb = encode_with_vectors(job.pipe, ids, slots, vectors.to(job.device)).cpu()
         for k, i in enumerate(items):
             forget.embeddings[i] = emb[k]
-            forget.token_ids[i] = ids[k] if ids.ndim == 2 else ids[k, 0]  # token_ids are the first tokenizer's
+            forget.token_ids[i] = first_ids(ids)[k]  # token_ids are the first tokenizer's
             forget.positions[i] = slots[k]
         norms[concept] = [round(float(v), 4) for v in vectors.norm(dim=-1)]
     return {"ti_vector_norms": norms}
