@@ -162,7 +162,9 @@ class _Inversion:
         return torch.cat(rows), torch.cat(targets)
 
 
-def run(job, cfg: RECEConfig) -> dict:
+def edit(job, cfg: RECEConfig) -> tuple[torch.Tensor, dict, dict]:
+    """RECE's matrix M (W ← W · M in every projection, not applied yet: the UNet is as it was),
+    the projections, and the edit's statistics."""
     start = time.perf_counter()
     projections = edited_projections(job.unet, cfg.edit_keys)
     problem = edit_problem(job, cfg)
@@ -183,10 +185,15 @@ def run(job, cfg: RECEConfig) -> dict:
         if job.progress is not None:
             job.progress(epoch + 1, cfg.epochs, {"phase": "rece"})
     final = adversarial_embeddings(problem.c_e, m, g, cfg.regular_scale)
+    return m, projections, {**problem.stats, **residuals(problem, m), "epochs": cfg.epochs,
+                            "adversarial_recovery": [*recovered, round(recovery(problem.c_e, final, m, g), 4)],
+                            "edited_projections": len(projections), "edit_seconds": time.perf_counter() - start}
+
+
+def run(job, cfg: RECEConfig) -> dict:
+    m, projections, stats = edit(job, cfg)
     apply_matrix(projections, m)
-    return {**problem.stats, **residuals(problem, m), "epochs": cfg.epochs,
-            "adversarial_recovery": [*recovered, round(recovery(problem.c_e, final, m, g), 4)],
-            "edited_projections": len(projections), "edit_seconds": time.perf_counter() - start}
+    return stats
 
 
 register(
