@@ -95,6 +95,7 @@ def test_learned_tokens_go_through_both_encoders(sdxl):
     ("esd", FAST_ESD, {"unet"}),
     ("uce", {"preserve": ["dog"]}, {"unet"}),
     ("rece", {"preserve": ["dog"], "adversary": "inversion", "inversion_steps": 3}, {"unet"}),
+    ("rece-adv", {"preserve": ["dog"], "iterations": 2, "ddim_steps": 2, "attack_steps": 2, "retain_batch": 2, "retain_items": 2}, {"unet"}),
     ("advunlearn", FAST_ADV, {"text_encoder", "text_encoder_2"}),
     ("advunlearn", dict(FAST_ADV, scope="cross_attn"), {"unet"}),
 ])

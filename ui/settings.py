@@ -21,6 +21,7 @@ MAIN = {
     "uce": ("anchor", "preserve", "token_positions", "preserve_scale", "erase_scale"),
     "advunlearn": ("scope", "iterations", "lr", "attack_steps", "retain_on"),
     "rece": ("epochs", "adversary", "preserve_scale", "erase_scale"),
+    "rece-adv": ("epochs", "adversary", "iterations", "lr", "retain_weight"),
 }
 
 

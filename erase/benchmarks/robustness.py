@@ -24,9 +24,9 @@ import time
 from erase.benchmarks.toyworld import BASE, CACHE_DIR, Cells, _method_hash, _pct, peak_rss
 
 CONCEPTS = ("square", "red", "striped")  # one shape, one colour, one style
-ROBUST = ("rece", "advunlearn")  # two erasure seeds each
+ROBUST = ("rece-adv", "rece", "advunlearn")  # two erasure seeds each
 ATTACKS = ("ti", "prompt", "relapse")
-METHOD_ORDER = ("rece", "advunlearn", "uce", "esd", "salun", "fmn")
+METHOD_ORDER = ("rece-adv", "rece", "advunlearn", "uce", "esd", "salun", "fmn")
 SCORE_SEED = 0
 TI_RESTARTS = 3  # textual inversion is also run with attack seeds 1 .. TI_RESTARTS - 1: the attacker's best of three
 
@@ -70,7 +70,7 @@ def run_cells(methods=None, concepts=CONCEPTS, log=print) -> Cells:
     """Compute every missing cell: each method's erasure, its scores and every attack on it, then
     the base model attacked (what an attack does with no erasure in its way); then, for every
     erasure, textual inversion again with attack seeds 1 .. TI_RESTARTS - 1 from the same images
-    (the erasure is made again: it is deterministic)."""
+    (on the erasure this run made, or made again: it is deterministic)."""
     import torch
 
     from erase import erase_concepts, load_pipeline
@@ -84,6 +84,7 @@ def run_cells(methods=None, concepts=CONCEPTS, log=print) -> Cells:
     pipe = load_pipeline(None)
     judge = load_judge()
     data: dict[str, AttackData] = {}  # per concept, shared by every method's attacks
+    made: dict[tuple, object] = {}  # this run's erasures, for their textual-inversion restarts
 
     for method, seed in cells_todo(methods):
         for concept in concepts:
@@ -96,6 +97,7 @@ def run_cells(methods=None, concepts=CONCEPTS, log=print) -> Cells:
                 with peak_rss() as mem:
                     result = erase_concepts(pipe, [concept], method=method, config={"seed": seed}, inplace=False)
                 peak = mem["peak"]
+                made[method, seed, concept] = result
                 with result.applied(pipe):
                     row = world_scores(pipe, [concept], seed=SCORE_SEED, judge=judge, heldout=12)[concept]
             else:
@@ -124,7 +126,8 @@ def run_cells(methods=None, concepts=CONCEPTS, log=print) -> Cells:
             if cells.get(key) or not cells.get(cell_key(method, concept, seed)):
                 continue
             t0 = time.time()
-            result = erase_concepts(pipe, [concept], method=method, config={"seed": seed}, inplace=False)
+            result = made.pop((method, seed, concept), None) or erase_concepts(pipe, [concept], method=method,
+                                                                                config={"seed": seed}, inplace=False)
             cfg = make_config("ti", toyworld=True)
             shared = data.setdefault(concept, AttackData(pipe, concept)).get("ti", cfg)
             # attack seeds 1 .. TI_RESTARTS - 1 (seed 0 is the cell's own run), from the same images

@@ -132,7 +132,7 @@ class _Conditioner:
         self.ids = token_ids(pipe, prompts)
         made = [slotted(pipe, [p], c, n_tokens) for p, c in zip(prompts, concept_of)]
         self.adv_ids, self.slots = torch.cat([m[0] for m in made]), [m[1][0] for m in made]
-        self.retain_ids = token_ids(pipe, retain)
+        self.retain_ids = token_ids(pipe, retain) if retain else None
         if not trains_encoder:  # frozen encoder: its outputs once
             with torch.no_grad():
                 self.cond = encode_prompts(pipe, prompts)[0].cpu()
