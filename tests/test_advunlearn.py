@@ -47,6 +47,12 @@ def test_unet_scope_changes_only_cross_attention(tiny_folder):
     assert all(torch.equal(p, te_before[n]) for n, p in pipe.text_encoder.named_parameters())
 
 
+def test_without_a_retain_term(tiny_pipe):
+    # retain_weight 0 leaves no retain prompts at all: the run must not need them
+    result = erase_concepts(tiny_pipe, "van gogh", "advunlearn", dict(FAST, retain_weight=0.0, iterations=2), inplace=False)
+    assert result.stats["retain_prompts"] == 0 and result.tensors
+
+
 def test_same_seed_same_weights(tiny_folder, te_erasure):
     _, a = te_erasure
     b = erase_concepts(load_pipeline(tiny_folder), "van gogh", "advunlearn", FAST, inplace=False)
