@@ -45,7 +45,7 @@ CONCEPT = "van gogh"  # a whole word of the synthetic tokenizer
 COUNT_FIELDS = ("steps", "iterations", "epochs")  # the first one a config has is its amount of training
 # Smoke settings for any method (fields a config lacks are skipped): seconds on the tiny pipeline.
 SMOKE = {"steps": 2, "iterations": 2, "epochs": 1, "n_forget_images": 2, "n_retain_images": 2,
-         "generation_steps": 2, "ddim_steps": 2, "batch_size": 2}
+         "generation_steps": 2, "ddim_steps": 2, "batch_size": 2, "attack_steps": 2, "inversion_steps": 2}
 # Bounds on the SD 1.5-shaped cases (a value is only ever lowered). ddim_steps is part of ESD's
 # per-iteration work, so it is left at its default for an honest projection.
 BOUNDS = {"steps": 50, "iterations": 20, "epochs": 1, "generation_steps": 5}
