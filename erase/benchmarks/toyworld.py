@@ -25,7 +25,7 @@ from erase.toyworld.concepts import COLOURS, SHAPES, STYLES
 
 CONCEPTS = (*SHAPES, *COLOURS, *STYLES)
 from erase.methods import RECOMMENDED  # noqa: E402  (the method the README recommends)
-METHOD_ORDER = ("rece-adv", "rece", "uce", "salun", "esd", "fmn")  # the recommended method first; then the rest
+METHOD_ORDER = ("rece-adv", "rece", "uce", "salun", "esd", "fmn")  # the robust ones and the recommended (rece) first
 BASE = "none (base model)"
 CACHE_DIR = Path(__file__).resolve().parents[2] / "toyworld-cache"
 
