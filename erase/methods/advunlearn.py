@@ -205,6 +205,27 @@ class _AllPhrasings:
         return list(dict.fromkeys(self.source.context_prompts(concept)))
 
 
+def retain_items(job, sampling, prompts: list[str], n: int, gen: torch.Generator, autocast):
+    """Partial DDIM runs of the frozen model on ``n`` retain items (every prompt at least once if
+    ``n`` allows, in a seeded order; ``sampling``: sample_items' ddim_steps and guidance_scale)."""
+    from erase.data import encode_prompts
+
+    index = [i % len(prompts) for i in torch.randperm(max(n, len(prompts)), generator=gen).tolist()][:n]
+    with torch.no_grad():
+        cond = encode_prompts(job.pipe, prompts)[0].cpu()
+    return sample_items(job, SimpleNamespace(ddim_steps=sampling.ddim_steps, guidance_scale=sampling.guidance_scale,
+                                             neutral="empty"), cond, cond, index, gen, autocast)
+
+
+def concept_draws(items, concept_of: list[str], concepts: list[str], b: int) -> dict:
+    """Per concept, a function drawing ``b`` of its items with a generator (the attack's batches)."""
+    def draws(concept: str):
+        mine = torch.tensor([i for i, p in enumerate(items.prompt.tolist()) if concept_of[p] == concept])
+        return lambda g: mine[torch.randint(0, len(mine), (b,), generator=g)]
+
+    return {c: draws(c) for c in concepts}
+
+
 def run(job, cfg: AdvUnlearnConfig) -> dict:
     pipe, dev = job.pipe, job.device
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -239,12 +260,8 @@ def run(job, cfg: AdvUnlearnConfig) -> dict:
     items = sample_items(job, cfg, cond0, neutral0, index, gen, trainer.autocast)
     retain = None
     if retain_prompts and cfg.retain_on == "noise":
-        n_r = min(cfg.retain_items, cfg.iterations * cfg.retain_batch)
-        r_index = [i % len(retain_prompts) for i in torch.randperm(max(n_r, len(retain_prompts)), generator=gen).tolist()][:n_r]
-        with torch.no_grad():
-            r_cond0 = encode_prompts(pipe, retain_prompts)[0].cpu()
-        retain = sample_items(job, SimpleNamespace(ddim_steps=cfg.ddim_steps, guidance_scale=cfg.guidance_scale, neutral="empty"),
-                              r_cond0, r_cond0, r_index, gen, trainer.autocast)
+        retain = retain_items(job, cfg, retain_prompts, min(cfg.retain_items, cfg.iterations * cfg.retain_batch), gen,
+                              trainer.autocast)
     sampling_seconds = time.perf_counter() - t0
     cond = _Conditioner(pipe, prompts, concept_of, retain_prompts, cfg.attack_tokens, trains_encoder)
     if retain_prompts and cfg.retain_on == "embedding":
@@ -260,11 +277,7 @@ def run(job, cfg: AdvUnlearnConfig) -> dict:
     attack_log: list[float] = []
     unet = pipe.unet
 
-    def concept_rows(concept: str):
-        mine = torch.tensor([i for i, p in enumerate(items.prompt.tolist()) if concept_of[p] == concept])
-        return lambda g: mine[torch.randint(0, len(mine), (b,), generator=g)]
-
-    rows_for = {c: concept_rows(c) for c in job.concepts}
+    rows_for = concept_draws(items, concept_of, job.concepts, b)
 
     def predict(rows, emb):
         return unet(items.x_t[rows].to(dev), items.t[rows].to(dev), **unet_inputs(unet, emb.to(unet.dtype))).sample.float()

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from erase.conditioning import unet_inputs
 from erase.errors import EraseError
 from erase.methods import check_positive, option, register
-from erase.methods.advunlearn import _Conditioner, _frozen, _random_vectors, attack
+from erase.methods.advunlearn import _Conditioner, _frozen, _random_vectors, attack, concept_draws, retain_items
 from erase.methods.esd import plan, sample_items
 from erase.methods.rece import RECEConfig, edit
 from erase.methods.uce import apply_matrix
@@ -133,11 +133,8 @@ def run(job, cfg: RECEAdvConfig) -> dict:
     items = sample_items(job, sampling, cond0, cond0, index, gen, trainer.autocast)
     retain = None
     if retain_prompts:
-        n_r = min(cfg.retain_items, cfg.iterations * cfg.retain_batch)
-        r_index = [i % len(retain_prompts) for i in torch.randperm(max(n_r, len(retain_prompts)), generator=gen).tolist()][:n_r]
-        with torch.no_grad():
-            r_cond0 = encode_prompts(pipe, retain_prompts)[0].cpu()
-        retain = sample_items(job, sampling, r_cond0, r_cond0, r_index, gen, trainer.autocast)
+        retain = retain_items(job, sampling, retain_prompts, min(cfg.retain_items, cfg.iterations * cfg.retain_batch), gen,
+                              trainer.autocast)
     apply_matrix(projections, m)
     unet.eval()
     erased = _predict_all(unet, items.x_t, items.t, cond0[items.prompt], trainer.autocast)  # ε_R(x_t, c)
@@ -152,11 +149,7 @@ def run(job, cfg: RECEAdvConfig) -> dict:
     # the attack's knobs under advunlearn's names
     attack_cfg = SimpleNamespace(attack_steps=cfg.attack_steps, attack_lr=cfg.attack_lr)
 
-    def concept_rows(concept: str):
-        mine = torch.tensor([i for i, p in enumerate(items.prompt.tolist()) if concept_of[p] == concept])
-        return lambda g: mine[torch.randint(0, len(mine), (b,), generator=g)]
-
-    rows_for = {c: concept_rows(c) for c in job.concepts}
+    rows_for = concept_draws(items, concept_of, job.concepts, b)
     mine, r_mine = shard.part(b), shard.part(cfg.retain_batch)  # this process's share of each batch
 
     def predict(x_t, t, emb):
