@@ -67,7 +67,7 @@ def test_load_erase_compare_in_browser(app_url, tmp_path):
                 "() => { const e = document.querySelector('#model-status'); return e && e.innerText.includes('Model:'); }",
                 timeout=90_000)
 
-            # For the README picture of the bundled model: the recommended method (UCE) with its
+            # For the README picture of the bundled model: UCE (seconds, a clean erasure) with its
             # measured presets and the judge's scores; otherwise FMN with settings that run in seconds.
             showcase = bool(os.environ.get("ERASE_APP_SCREENSHOT")) and not model
             method = "uce" if showcase else "fmn"
