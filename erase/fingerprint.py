@@ -4,7 +4,10 @@ A delta or LoRA only makes sense on the model it was made from; names and shapes
 architecture, the fingerprint catches another model of the same architecture (SD 1.4 vs 1.5, a
 community fine-tune). It is the SHA-256 of a few UNet tensors spread over the network, rounded to
 fp16 first so that the fp16 and fp32 files of one model agree. Tensors the erasure changed are
-never among them, so the fingerprint is the same whether or not the erasure is applied.
+never among them, so the fingerprint is the same whether or not the erasure is applied. An
+erasure that changed every UNet weight (``scope: full``) is fingerprinted on the first other
+component it left unchanged: the text encoder(s), then the VAE (which no erasure changes; it
+cannot tell apart two models that share it, SD 1.4 and 1.5 for one).
 
     fp = base_fingerprint(pipe, exclude=result.tensors)        # {"unet": {"tensors": [...], "sha256": "..."}}
     check_base(pipe, fp, source="no-star.safetensors")         # EraseError if pipe is another model
@@ -23,13 +26,8 @@ from erase.errors import EraseError
 __all__ = ["base_fingerprint", "check_base", "parse_fingerprint", "N_TENSORS"]
 
 N_TENSORS = 4
-
-
-def _unet_name(key: str) -> str | None:
-    from erase.api import split_name
-
-    component, name = split_name(key)
-    return name if component == "unet" else None
+# the components a fingerprint may be taken from, in the order they are tried
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae")
 
 
 def _digest(params: Mapping[str, torch.Tensor], names: list[str]) -> str:
@@ -45,16 +43,28 @@ def _digest(params: Mapping[str, torch.Tensor], names: list[str]) -> str:
 def base_fingerprint(pipe, exclude: Iterable[str] = (), n: int = N_TENSORS) -> dict:
     """{'unet': {'tensors': names, 'sha256': hex}} of ``pipe``'s UNet, from ``n`` weight tensors
     (2-D or more) spread evenly over its parameters, none of them in ``exclude`` (keys as
-    ErasureResult.tensors: the tensors an erasure changed)."""
-    skip = {_unet_name(k) for k in exclude} - {None}
-    params = dict(pipe.unet.named_parameters())
-    candidates = [k for k, p in params.items() if p.ndim >= 2 and k not in skip]
-    if not candidates:
-        raise EraseError("the UNet has no unchanged weight tensors to fingerprint")
-    n = min(n, len(candidates))
-    picks = sorted({round(i * (len(candidates) - 1) / max(n - 1, 1)) for i in range(n)})
-    names = [candidates[i] for i in picks]
-    return {"unet": {"tensors": names, "sha256": _digest(params, names)}}
+    ErasureResult.tensors: the tensors an erasure changed). Where the erasure changed all of
+    them, the same from the first of the text encoder(s) and the VAE that has unchanged ones."""
+    from erase.api import split_name
+
+    skip = {split_name(k) for k in exclude}
+    for component in COMPONENTS:
+        module = getattr(pipe, component, None)
+        if module is None:
+            continue
+        params = dict(module.named_parameters())
+        candidates = [k for k, p in params.items() if p.ndim >= 2 and (component, k) not in skip]
+        if candidates:
+            n = min(n, len(candidates))
+            picks = sorted({round(i * (len(candidates) - 1) / max(n - 1, 1)) for i in range(n)})
+            names = [candidates[i] for i in picks]
+            return {component: {"tensors": names, "sha256": _digest(params, names)}}
+    raise EraseError("the model has no unchanged weight tensors to fingerprint")
+
+
+def _component(fp: dict) -> str:
+    """The component a parsed fingerprint was taken from."""
+    return next(c for c in COMPONENTS if c in fp)
 
 
 def parse_fingerprint(value) -> dict | None:
@@ -66,26 +76,32 @@ def parse_fingerprint(value) -> dict | None:
             value = json.loads(value)
         except json.JSONDecodeError:
             return None
-    unet = value.get("unet") if isinstance(value, dict) else None
-    if not isinstance(unet, dict) or not isinstance(unet.get("tensors"), list) or not isinstance(unet.get("sha256"), str):
+    if not isinstance(value, dict):
+        return None
+    part = next((value[c] for c in COMPONENTS if c in value), None)
+    if not isinstance(part, dict) or not isinstance(part.get("tensors"), list) or not isinstance(part.get("sha256"), str):
         return None
     return value
 
 
 def check_base(pipe, recorded, source: str = "the file", base_model: str | None = None) -> None:
-    """EraseError (one line) unless ``pipe``'s UNet has the recorded fingerprint; no record: no check."""
+    """EraseError (one line) unless ``pipe`` has the recorded fingerprint (on the component it names); no record: no check."""
     fp = parse_fingerprint(recorded)
     if fp is None:
         return
-    names = fp["unet"]["tensors"]
-    params = dict(pipe.unet.named_parameters())
+    component = _component(fp)
+    names, label = fp[component]["tensors"], "UNet" if component == "unet" else component
     made_for = f" (base model {base_model!r})" if base_model else ""
+    module = getattr(pipe, component, None)
+    if module is None:
+        raise EraseError(f"{source} was made for another base model{made_for}: this pipeline has no {component}")
+    params = dict(module.named_parameters())
     missing = [n for n in names if n not in params]
     if missing:
-        raise EraseError(f"{source} was made for another base model{made_for}: this UNet has no tensor {missing[0]!r}")
+        raise EraseError(f"{source} was made for another base model{made_for}: this {label} has no tensor {missing[0]!r}")
     got = _digest(params, names)
-    if got != fp["unet"]["sha256"]:
+    if got != fp[component]["sha256"]:
         raise EraseError(
-            f"{source} was made for another base model{made_for}: its UNet fingerprint is {fp['unet']['sha256'][:12]}, "
+            f"{source} was made for another base model{made_for}: its {label} fingerprint is {fp[component]['sha256'][:12]}, "
             f"this model's is {got[:12]} (load the model it was made from, or pass check_base=False to apply it anyway)"
         )

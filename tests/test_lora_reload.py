@@ -125,6 +125,22 @@ def test_another_base_model_is_refused_by_its_fingerprint(erasure, tmp_path, tin
     assert base_fingerprint(halved, exclude=result.tensors) == applied
 
 
+def test_an_erasure_of_every_unet_weight_is_fingerprinted_on_the_text_encoder(erasure, tmp_path):
+    """scope 'full' changes every UNet tensor: the fingerprint moves to the text encoder and still
+    tells another model of the same architecture apart."""
+    from erase.fingerprint import base_fingerprint, check_base
+    from erase.synthetic import save_pipeline_folder
+
+    pipe = erasure[0]
+    every = list(dict(pipe.unet.named_parameters()))
+    fp = base_fingerprint(pipe, exclude=every)
+    assert list(fp) == ["text_encoder"] and fp["text_encoder"]["sha256"]
+    check_base(pipe, json.dumps(fp))  # its own base: accepted
+    other = load_pipeline(save_pipeline_folder("tiny", tmp_path / "other", seed=1))
+    with pytest.raises(EraseError, match="made for another base model: its text_encoder fingerprint"):
+        check_base(other, json.dumps(fp), source="full.safetensors")
+
+
 def test_files_that_are_not_erasures_are_refused(erasure, tmp_path, tiny_folder):
     pipe, _, files = erasure
     pickled = tmp_path / "model.ckpt"
