@@ -120,7 +120,7 @@ def run_job(job: dict, *, progress: bool = True, write: bool = True) -> dict:
 
     from erase import methods
     from erase.api import erase_concepts
-    from erase.export import atomic_path, export_delta, export_diffusers, export_single_file
+    from erase.export import atomic_path, check_output_path, export_delta, export_diffusers, export_single_file
     from erase.lora import DEFAULT_RANK, parse_rank
     from erase.methods import read_yaml
     from erase.models import load_pipeline
@@ -141,8 +141,7 @@ def run_job(job: dict, *, progress: bool = True, write: bool = True) -> dict:
         raise EraseError("no output folder given (--out DIR)")
     out = Path(job["out"])
     overwrite = bool(job.get("overwrite", False))
-    if out.exists() and not overwrite:
-        raise EraseError(f"output folder {out} exists; pass --overwrite to replace it")
+    check_output_path(out, overwrite, inputs=[job.get("model"), apply, job.get("model_config"), job.get("config")])
     exports = list(job.get("exports") or EXPORTS)
     bad = [e for e in exports if e not in EXPORTS]
     if bad:
@@ -322,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         run_jobs(jobs, progress=not args.no_progress,
                  summary_path=(args.jobs_summary or fanout.default_summary_path(args.jobs, jobs)) if args.jobs else None,
                  jobs_file=args.jobs)
-    except EraseError as e:
+    except (EraseError, OSError) as e:
         if fanout.is_main():
             print(f"error: {e}", file=sys.stderr)
         return fanout.finish(2)

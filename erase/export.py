@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,6 +60,30 @@ def atomic_path(final: str | Path, overwrite: bool = False):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
+def check_output_path(final: str | Path, overwrite: bool = False, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Refuse, before any work, an output folder that ``atomic_path`` could not write at the end:
+    one that exists (without ``overwrite``), one under a file or in a folder that cannot be
+    written, and one that is or holds one of ``inputs`` (replacing it would delete them)."""
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise EraseError(f"output folder {final} exists; pass --overwrite to replace it")
+    parent = final.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise EraseError(f"cannot write {final}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EraseError(f"cannot write {final}: the folder {parent} is not writable")
+    target = final.resolve()
+    for given in inputs:
+        if not isinstance(given, (str, Path)) or not Path(given).exists():  # a Hub id, a dict of settings
+            continue
+        src = Path(given).resolve()
+        if src == target or target in src.parents:
+            raise EraseError(f"output folder {final} would replace {given}, which this run reads; choose another --out")
+    return final
 
 
 @contextmanager

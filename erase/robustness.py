@@ -84,7 +84,8 @@ def evaluate(
     """Evaluate the erasure of ``concept`` and attack it.
 
     The base model: ``pipe``, or ``model`` (anything load_pipeline takes; None: the bundled toy
-    world). The erased model: ``result`` (ErasureResult), ``delta`` (a delta file), ``erased``
+    world). The erased model: ``result`` (ErasureResult), ``delta`` (a delta file, its names, shapes and
+    base-model fingerprint checked as ``apply``'s), ``erased``
     (a diffusers folder of the erased model), or ``method`` (erase here first with it); none of
     them: the base model itself. ``apply``: a delta, a partial UNet state dict (ESD's / UCE's
     scripts) or a LoRA file, checked against the base model (erase.reload.load_erasure). ``attack_configs``: {attack: overrides}. ``seeds``: scoring
@@ -114,8 +115,11 @@ def evaluate(
     unknown = [k for k in configs if k not in names]
     if unknown:
         raise EraseError(f"settings given for attack {unknown[0]!r}, which is not run (attacks: {', '.join(names) or 'none'})")
-    if out is not None and Path(out).exists() and not overwrite:
-        raise EraseError(f"output folder {out} exists; pass overwrite (--overwrite) to replace it")
+    if out is not None:
+        from erase.export import check_output_path
+
+        paths = [x for x in (model, delta, erased, apply) if isinstance(x, (str, Path))]
+        check_output_path(out, overwrite, inputs=paths)
     base = pipe if pipe is not None else load_pipeline(model)
     toy = is_toyworld(base)
     from erase.attacks import check_attack_concept
@@ -139,12 +143,14 @@ def evaluate(
     if result is not None:
         weights = result
         erasure_info = erasure_info if method is not None or apply is not None else {"kind": "result", "method": result.method}
+    elif delta is not None and isinstance(delta, (str, Path)):
+        from erase.reload import load_erasure
+
+        weights = load_erasure(base, delta, concepts=[concept])  # names, shapes and the base model's fingerprint checked
+        erasure_info = {"kind": "delta", "path": str(delta), "method": weights.method, "concepts": weights.concepts}
     elif delta is not None:
         weights = erased_weights(delta)
-        from erase.export import load_delta
-
-        meta = load_delta(delta)[1]
-        erasure_info = {"kind": "delta", "path": str(delta), "method": meta.get("method"), "concepts": meta.get("concepts")}
+        erasure_info = {"kind": "delta", "method": getattr(weights, "method", None)}
     elif erased is not None:
         target = load_pipeline(erased)
         if type(target.unet.config) is not type(base.unet.config) or dict(target.unet.config) != dict(base.unet.config):
@@ -304,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                           attacks=args.attacks, attack_configs=attack_settings(args.config, args.set), seeds=args.seeds,
                           out=args.out, overwrite=args.overwrite, progress=bar, sampling_steps=args.sampling_steps,
                           restarts=args.restarts)
-    except EraseError as e:
+    except (EraseError, OSError) as e:
         bar.close()
         print(f"error: {e}", file=sys.stderr)
         return 2

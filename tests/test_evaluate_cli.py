@@ -37,6 +37,20 @@ def test_bad_input_is_one_line(tiny_folder, capsys, argv, message):
     assert err.startswith("error:") and message in err and "\n" not in err
 
 
+def test_an_out_folder_that_cannot_be_written_or_would_delete_the_input_is_refused_first(tiny_folder, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        ([str(tmp_path / "a_file" / "eval")], "is a file"),
+        ([str(tiny_folder), "--overwrite"], "would replace"),  # --out the base model's folder
+        ([str(tiny_folder.parent), "--overwrite"], "would replace"),  # or a folder holding it
+    ]
+    for out, message in cases:
+        assert main(["--model", str(tiny_folder), "--concept", "van gogh", "--attacks", "ti", "--no-progress", "--out", *out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and message in err and "\n" not in err
+    assert (tiny_folder / "model_index.json").is_file()
+
+
 def test_delta_and_erased_are_exclusive(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--concept", "x", "--delta", "a", "--erased", "b"])

@@ -125,6 +125,18 @@ def test_another_base_model_is_refused_by_its_fingerprint(erasure, tmp_path, tin
     assert base_fingerprint(halved, exclude=result.tensors) == applied
 
 
+def test_evaluate_refuses_a_delta_made_for_another_model(erasure, tmp_path, capsys):
+    from erase.robustness import main
+    from erase.synthetic import save_pipeline_folder
+
+    other = save_pipeline_folder("tiny", tmp_path / "other", seed=1)
+    capsys.readouterr()
+    argv = ["--concept", "van gogh", "--delta", str(erasure[2]["delta"]), "--attacks", "", "--no-progress"]
+    assert main(["--model", str(other), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "made for another base model" in err and "\n" not in err
+
+
 def test_an_erasure_of_every_unet_weight_is_fingerprinted_on_the_text_encoder(erasure, tmp_path):
     """scope 'full' changes every UNet tensor: the fingerprint moves to the text encoder and still
     tells another model of the same architecture apart."""
