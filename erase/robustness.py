@@ -97,6 +97,7 @@ def evaluate(
     report (a dict; ``report["table"]`` is the text table).
     """
     from erase.attacks import check_restarts, erased_weights, make_config, run_attack
+    from erase.methods import check_seed
     from erase.models import is_toyworld, load_pipeline
 
     start = time.perf_counter()
@@ -108,9 +109,11 @@ def evaluate(
     if sampling_steps is not None and (not isinstance(sampling_steps, int) or sampling_steps < 1):
         raise EraseError(f"sampling_steps must be a positive integer, got {sampling_steps!r}")
     sampling = {"steps": sampling_steps} if sampling_steps else {}
-    seeds = [int(s) for s in seeds]
+    seeds = list(seeds)
     if not seeds:
         raise EraseError("at least one seed is needed")
+    for s in seeds:
+        check_seed(s, "scoring seed")
     configs = {k.lower(): v for k, v in (attack_configs or {}).items()}
     unknown = [k for k in configs if k not in names]
     if unknown:

@@ -33,6 +33,9 @@ def test_registry_and_config_errors():
     for name, over, message in [
         ("ti", {"steps": 0}, "steps"), ("ti", {"nope": 1}, "unknown setting"), ("prompt", {"k": -1}, "k"),
         ("relapse", {"scope": "everything"}, "scope"), ("ti", {"lr": "fast"}, "lr"), ("gcg", None, "unknown attack"),
+        # caught here, not after the other attacks have run: 0 for "no clipping", infinities, NaN, seeds numpy refuses
+        ("relapse", {"grad_clip": 0}, "grad_clip must be a positive number"), ("ti", {"lr": float("inf")}, "lr"),
+        ("ti", {"weight_decay": float("nan")}, "weight_decay must be a number >= 0"), ("ti", {"seed": -1}, "seed must be an integer from 0"),
     ]:
         with pytest.raises(EraseError, match=message) as e:
             make_config(name, over)

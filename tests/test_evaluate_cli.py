@@ -30,6 +30,7 @@ def test_help_runs_as_a_script():
     (["--concept", "van gogh", "--attacks", "ti", "--set", "ti.steps=0"], "steps"),
     (["--concept", "van gogh", "--attacks", "ti", "--restarts", "0"], "restarts must be a positive integer, got 0"),
     (["--concept", "van gogh", "--attacks", "ti", "--restarts", "2"], "needs the toy world's judge"),
+    (["--concept", "van gogh", "--seeds", "18446744073709552"], "scoring seed must be an integer from 0"),
 ])
 def test_bad_input_is_one_line(tiny_folder, capsys, argv, message):
     assert main(["--model", str(tiny_folder), "--no-progress", *argv]) == 2

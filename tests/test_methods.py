@@ -86,6 +86,11 @@ def test_cancel_restores_the_unet(tiny_pipe):
         ("fmn", {"lr": -1e-3}, "lr must be a positive"),
         ("fmn", {"scope": "everything"}, "scope must be one of"),
         ("fmn", {"stepz": 3}, "unknown setting"),
+        ("fmn", {"seed": -1}, "seed must be an integer from 0 to"),  # numpy's limit, refused before any work
+        ("fmn", {"lr": float("inf")}, "lr must be a positive"),
+        ("rece-adv", {"attack_lr": float("inf")}, "attack_lr must be a positive"),
+        ("rece-adv", {"retain_weight": float("nan")}, "retain_weight must be a number >= 0"),
+        ("advunlearn", {"iterations": 4, "warmup": 10}, r"warmup \(10\) must be below iterations \(4\)"),
         ("nope", {}, "unknown method 'nope'"),
     ],
 )

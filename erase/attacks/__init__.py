@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from erase.errors import EraseError
-from erase.methods import check_positive, option
+from erase.methods import check_positive, check_seed, option
 
 __all__ = [
     "AttackConfig", "AttackResult", "AttackSpec", "available", "get", "make_config", "run_attack",
@@ -56,8 +56,7 @@ class AttackConfig:
     batch_size: int = option(4, "items per optimisation step")
 
     def validate(self) -> None:
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise EraseError(f"seed must be an integer, got {self.seed!r}")
+        check_seed(self.seed)
         check_positive(self, "n_images", "generation_steps", "batch_size")
         check_positive(self, "guidance_scale", integer=False)
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from erase.attacks import Attacked, AttackConfig, register
 from erase.conditioning import encode, text_encoders, unet_inputs
 from erase.errors import EraseError
-from erase.methods import check_positive, option
+from erase.methods import check_nonnegative, check_positive, option
 
 
 @dataclass
@@ -45,8 +45,7 @@ class PromptAttackConfig(AttackConfig):
         super().validate()
         check_positive(self, "k", "steps", "eval_every", "eval_items")
         check_positive(self, "lr", integer=False)
-        if self.weight_decay < 0:
-            raise EraseError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        check_nonnegative(self, "weight_decay")
 
 
 def candidate_ids(pipe, concept: str, exclude_concept: bool) -> torch.Tensor:

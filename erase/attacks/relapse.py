@@ -39,6 +39,8 @@ class RelapseConfig(AttackConfig):
             raise EraseError(f"scope must be auto or one of {', '.join(SCOPES)}, got {self.scope!r}")
         if self.optimizer not in ("adamw", "adam"):
             raise EraseError(f"optimizer must be adamw or adam, got {self.optimizer!r}")
+        if self.grad_clip is not None:
+            check_positive(self, "grad_clip", integer=False)
 
 
 def scopes(cfg: RelapseConfig, erased_components) -> list[str]:

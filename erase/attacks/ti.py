@@ -18,7 +18,7 @@ import torch
 
 from erase.attacks import Attacked, AttackConfig, register
 from erase.errors import EraseError
-from erase.methods import check_positive, option
+from erase.methods import check_nonnegative, check_positive, option
 
 
 @dataclass
@@ -34,8 +34,7 @@ class TIAttackConfig(AttackConfig):
         super().validate()
         check_positive(self, "tokens", "steps")
         check_positive(self, "lr", integer=False)
-        if self.weight_decay < 0:
-            raise EraseError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        check_nonnegative(self, "weight_decay")
         if self.norm_decay is not None and not 0 <= self.norm_decay <= 1:
             raise EraseError(f"norm_decay must be in [0, 1] or null, got {self.norm_decay}")
         if not isinstance(self.init, str) or not self.init.strip():

@@ -9,6 +9,7 @@ from a YAML file or a dict, refusing unknown keys and impossible values.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -53,20 +54,36 @@ class BaseConfig:
             raise EraseError(f"scope must be one of {', '.join(scopes)}, got {self.parameter_scope()!r}")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise EraseError(f"mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise EraseError(f"seed must be an integer, got {self.seed!r}")
+        check_seed(self.seed)
         for t in self.templates or []:
             if "{}" not in t:
                 raise EraseError(f"prompt template {t!r} has no '{{}}' placeholder for the concept")
 
 
+MAX_SEED = 2**32 - 1  # numpy's (accelerate's set_seed) limit
+
+
+def check_seed(value, name: str = "seed") -> None:
+    """EraseError unless ``value`` is an integer in [0, 2**32 - 1]."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+        raise EraseError(f"{name} must be an integer from 0 to {MAX_SEED}, got {value!r}")
+
+
 def check_positive(cfg, *names: str, integer: bool = True) -> None:
-    """EraseError naming the first of ``names`` that is not a positive integer (or number)."""
+    """EraseError naming the first of ``names`` that is not a positive integer (or finite number)."""
     for name in names:
         value = getattr(cfg, name)
         kinds = int if integer else (int, float)
-        if not isinstance(value, kinds) or isinstance(value, bool) or not value > 0:
+        if not isinstance(value, kinds) or isinstance(value, bool) or not value > 0 or not math.isfinite(value):
             raise EraseError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
+
+
+def check_nonnegative(cfg, *names: str) -> None:
+    """EraseError naming the first of ``names`` that is not a finite number >= 0."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0 or not math.isfinite(value):
+            raise EraseError(f"{name} must be a number >= 0, got {value!r}")
 
 
 @dataclass
@@ -89,12 +106,10 @@ class MethodConfig(BaseConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise EraseError(f"lr must be a positive number, got {self.lr!r}")
+        check_positive(self, "lr", integer=False)
         if self.optimizer not in ("adamw", "adam"):
             raise EraseError(f"optimizer must be adamw or adam, got {self.optimizer!r}")
-        if self.weight_decay < 0:
-            raise EraseError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        check_nonnegative(self, "weight_decay")
         check_positive(self, "batch_size", "n_forget_images", "generation_steps")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise EraseError(f"grad_clip must be positive or null, got {self.grad_clip!r}")

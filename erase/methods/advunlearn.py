@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from erase.conditioning import unet_inputs
 from erase.distributed import Shard
 from erase.errors import EraseError
-from erase.methods import BaseConfig, check_positive, option, register
+from erase.methods import BaseConfig, check_nonnegative, check_positive, option, register
 from erase.methods.esd import esd_target, plan, sample_items
 from erase.training import SCOPES, Trainer, scope_component, scope_modules, select_tensors
 
@@ -89,10 +89,10 @@ class AdvUnlearnConfig(BaseConfig):
         check_positive(self, "lr", "attack_lr", integer=False)
         if not isinstance(self.warmup, int) or isinstance(self.warmup, bool) or self.warmup < 0:
             raise EraseError(f"warmup must be an integer >= 0, got {self.warmup!r}")
-        for name in ("negative_guidance", "guidance_scale", "adversarial_weight", "retain_weight"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise EraseError(f"{name} must be a number >= 0, got {value!r}")
+        check_nonnegative(self, "negative_guidance", "guidance_scale", "adversarial_weight", "retain_weight")
+        if self.adversarial_weight > 0 and self.warmup >= self.iterations:
+            raise EraseError(f"warmup ({self.warmup}) must be below iterations ({self.iterations}): no adversarial "
+                             "step would run (or set adversarial_weight: 0 for plain ESD on the same scope)")
         if self.optimizer not in ("adam", "adamw"):
             raise EraseError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
         if self.neutral not in ("empty", "prompt"):

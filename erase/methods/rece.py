@@ -169,7 +169,8 @@ def edit(job, cfg: RECEConfig) -> tuple[torch.Tensor, dict, dict]:
     projections = edited_projections(job.unet, cfg.edit_keys)
     problem = edit_problem(job, cfg)
     g = gram(projections)
-    invert = _Inversion(job, problem, cfg, projections) if cfg.adversary == "inversion" else None
+    # the inversion adversary's images are made only when an epoch will use them
+    invert = _Inversion(job, problem, cfg, projections) if cfg.adversary == "inversion" and cfg.epochs > 0 else None
     c_e, c_star = problem.c_e, problem.c_star
     m = solve(c_e, c_star, problem.c_p, cfg)
     recovered = []

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from erase.conditioning import unet_inputs
 from erase.errors import EraseError
-from erase.methods import check_positive, option, register
+from erase.methods import check_nonnegative, check_positive, option, register
 from erase.methods.advunlearn import _Conditioner, _frozen, _random_vectors, attack, concept_draws, retain_items
 from erase.methods.esd import plan, sample_items
 from erase.methods.rece import RECEConfig, edit
@@ -80,7 +80,7 @@ class RECEAdvConfig(RECEConfig):
         return "full"  # RECE's projections (attn2.to_k/to_v) and the trained scope: the whole UNet may change
 
     def split_items(self) -> dict[str, int]:
-        return {"train_batch": self.train_batch, "retain_batch": self.retain_batch}
+        return {"train_batch": self.train_batch, **({"retain_batch": self.retain_batch} if self.retain_weight > 0 else {})}
 
     def validate(self) -> None:
         super().validate()
@@ -89,10 +89,7 @@ class RECEAdvConfig(RECEConfig):
         check_positive(self, "iterations", "train_batch", "ddim_steps", "attack_every", "attack_steps", "attack_tokens",
                        "retain_batch", "retain_items")
         check_positive(self, "lr", "attack_lr", "xt_guidance", integer=False)
-        for name in ("adversarial_weight", "retain_weight"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise EraseError(f"{name} must be a number >= 0, got {value!r}")
+        check_nonnegative(self, "adversarial_weight", "retain_weight")
         if self.grad_clip is not None:
             check_positive(self, "grad_clip", integer=False)
 
