@@ -65,6 +65,24 @@ def check_concept_drawn(pipe, concept: str, seeds: Sequence[int] = (0,), judge=N
     return ua
 
 
+def changed_components(base, erased) -> list[str]:
+    """The UNet and each text encoder of ``erased`` whose weights differ from ``base``'s (an erased
+    model given as a folder: the relapse attack fine-tunes what the erasure changed)."""
+    import torch
+
+    from erase.conditioning import text_encoder_names
+
+    out = ["unet"]
+    for name in text_encoder_names(base):
+        mine, theirs = getattr(base, name, None), getattr(erased, name, None)
+        if mine is None or theirs is None:
+            continue
+        a, b = mine.state_dict(), theirs.state_dict()
+        if a.keys() != b.keys() or any(not torch.equal(a[k].cpu(), b[k].cpu().to(a[k].dtype)) for k in a):
+            out.append(name)
+    return out
+
+
 def _parse_attacks(attacks) -> list[str]:
     from erase import attacks as registry
 
@@ -132,6 +150,7 @@ def evaluate(
     check_restarts(restarts, toy or not names)
 
     target, weights, erasure_info = base, None, {"kind": "none (the base model itself)"}
+    components = None  # what an erased folder changed (a result or file names its own)
     if apply is not None:
         from erase.reload import load_erasure
 
@@ -158,7 +177,8 @@ def evaluate(
         target = load_pipeline(erased)
         if type(target.unet.config) is not type(base.unet.config) or dict(target.unet.config) != dict(base.unet.config):
             raise EraseError(f"the erased model {erased} does not have the base model's UNet architecture")
-        erasure_info = {"kind": "folder", "path": str(erased)}
+        components = changed_components(base, target)
+        erasure_info = {"kind": "folder", "path": str(erased), "changed": components}
 
     report: dict = {"model": getattr(getattr(base, "erase_info", None), "source", str(model)), "concept": concept,
                     "erasure": erasure_info, "seeds": seeds, "restarts": restarts, "toyworld": toy, "attacks": {}}
@@ -182,7 +202,7 @@ def evaluate(
     for a in names:
         cfg = cfgs[a]
         res = run_attack(target, concept, a, cfg, erasure=weights, data=data.get(a, cfg, progress), seeds=seeds,
-                         progress=progress, judge=judge, sampling=sampling, restarts=restarts)
+                         progress=progress, judge=judge, sampling=sampling, restarts=restarts, erased_components=components)
         results[a] = res
         report["attacks"][a] = res.summary()
 

@@ -52,6 +52,20 @@ def test_an_out_folder_that_cannot_be_written_or_would_delete_the_input_is_refus
     assert (tiny_folder / "model_index.json").is_file()
 
 
+def test_an_erased_folder_names_the_components_it_changed(tiny_folder):
+    """--erased FOLDER: the relapse attack fine-tunes the text encoder too where the folder's differs."""
+    import torch
+
+    from erase.models import load_pipeline
+    from erase.robustness import changed_components
+
+    base, erased = load_pipeline(tiny_folder), load_pipeline(tiny_folder)
+    assert changed_components(base, erased) == ["unet"]
+    with torch.no_grad():
+        next(erased.text_encoder.parameters()).add_(1e-3)
+    assert changed_components(base, erased) == ["unet", "text_encoder"]
+
+
 def test_delta_and_erased_are_exclusive(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--concept", "x", "--delta", "a", "--erased", "b"])

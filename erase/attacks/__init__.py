@@ -333,7 +333,7 @@ def check_restarts(restarts, toyworld: bool | None = None) -> None:
 
 def run_attack(pipe, concept: str, attack: str = "ti", config=None, *, erasure=None, images=None, data=None,
                seeds: Sequence[int] = (0,), progress=None, judge=None, sampling: Mapping | None = None,
-               restarts: int = 1) -> AttackResult:
+               restarts: int = 1, erased_components: Sequence[str] | None = None) -> AttackResult:
     """Attack ``pipe`` (with ``erasure`` applied, if given) to bring ``concept`` back.
 
     ``config``: the attack's config, a dict of overrides, or None (defaults; toy-world presets on
@@ -347,13 +347,17 @@ def run_attack(pipe, concept: str, attack: str = "ti", config=None, *, erasure=N
     post-attack UA (an attacker restarts until the concept comes back; one run's outcome varies a
     lot with its seed). Every run's UA is in ``stats["restarts"]``. Toy world only: choosing
     the best run needs the judge.
+
+    ``erased_components``: what the erasure changed, where ``pipe`` is an erased model rather than
+    the base model with ``erasure`` (default: ``erasure``'s components, else the UNet); the
+    relapse attack fine-tunes them.
     """
     from erase.models import is_toyworld
 
     check_restarts(restarts, is_toyworld(pipe))
     if restarts == 1:
         return _attack_once(pipe, concept, attack, config, erasure=erasure, images=images, data=data, seeds=seeds,
-                            progress=progress, judge=judge, sampling=sampling)
+                            progress=progress, judge=judge, sampling=sampling, erased_components=erased_components)
     spec = get(attack)
     cfg = make_config(spec.name, config, toyworld=True)
     if data is None:  # every restart attacks from the same images
@@ -365,14 +369,14 @@ def run_attack(pipe, concept: str, attack: str = "ti", config=None, *, erasure=N
         run_cfg = dataclasses.replace(cfg, seed=cfg.seed + k)
         runs.append(_attack_once(pipe, concept, attack, run_cfg, erasure=erasure, images=images, data=data, seeds=seeds,
                                  progress=_prefixed(progress, f"restart {k + 1}/{restarts}: "), judge=judge,
-                                 sampling=sampling))
+                                 sampling=sampling, erased_components=erased_components))
     best = min(runs, key=lambda r: r.ua)
     best.stats["restarts"] = {"seeds": [cfg.seed + k for k in range(restarts)], "UA": [r.ua for r in runs]}
     return best
 
 
 def _attack_once(pipe, concept: str, attack: str, config, *, erasure, images, data, seeds: Sequence[int], progress,
-                 judge, sampling: Mapping | None) -> AttackResult:
+                 judge, sampling: Mapping | None, erased_components: Sequence[str] | None = None) -> AttackResult:
     """One run of ``run_attack`` (see there)."""
     from erase.evaluation import sampling_defaults
     from erase.models import is_toyworld
@@ -394,7 +398,8 @@ def _attack_once(pipe, concept: str, attack: str, config, *, erasure, images, da
     eval_prompts, img_seeds = attack_prompts(pipe, concept, seeds)
     samp = {**sampling_defaults(pipe), **(sampling or {})}
     ctx = AttackContext(pipe=pipe, concept=concept, latents=latents, prompts=list(prompts), eval_prompts=eval_prompts,
-                        progress=progress, erased_components=tuple(weights.components()) if weights is not None else ("unet",))
+                        progress=progress, erased_components=tuple(weights.components()) if weights is not None
+                        else tuple(erased_components or ("unet",)))
     torch.manual_seed(cfg.seed)
     with weights.applied(pipe) if weights is not None else nullcontext():
         t0 = time.perf_counter()
