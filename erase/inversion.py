@@ -172,7 +172,7 @@ def learn_vectors(
                 pred = pipe.unet(x_t, t, **unet_inputs(pipe.unet, emb.to(pipe.unet.dtype))).sample
             loss = F.mse_loss(pred.float(), diffusion_target(scheduler, x0, noise, t).float())
             if not torch.isfinite(loss):
-                raise EraseError(f"textual inversion loss became {loss.item()} at step {step}: lower ti_lr")
+                raise EraseError(f"textual inversion loss became {loss.item()} at step {step}: lower its learning rate (now {lr})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
