@@ -26,6 +26,7 @@ def test_render_shows_finished_cells_and_names_the_missing(tmp_path):
     assert not any(line.startswith("| esd |") for line in table.splitlines())
     missing = table.split("Not measured yet", 1)[1]
     assert "esd (seed 0) square" in missing and "rece (seed 1) striped" in missing and "advunlearn (seed 1) red" in missing
+    assert "rece (seed 2) red" in missing and "advunlearn (seed 2)" not in missing  # three seeds for the recommended method
     entries = [e.strip(" .\n") for e in missing.split("written):", 1)[1].split("\n\n", 1)[0].split(";")]
     assert "uce (seed 0) square" not in entries and "ti restarts of uce (seed 0) square" in entries
     assert "ti restarts of rece (seed 0) square" not in entries

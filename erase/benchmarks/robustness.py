@@ -3,7 +3,8 @@ one shape, one colour and one style of the bundled toy world (``CONCEPTS``); eac
 scored (UA / IRA / CRA / UA held-out, as the toyworld suite) and then attacked with every attack
 of erase.attacks (textual inversion, the UnlearnDiffAtk-style prompt attack, relapse under
 benign fine-tuning), each with its toy-world preset; the judge gives post-attack UA. The robust
-methods (``ROBUST``) run with two erasure seeds, the others with one.
+methods run with several erasure seeds (``ERASE_SEEDS``: three for the recommended method and
+rece-adv, two for advunlearn), the others with one.
 
 The attackers' data (the base model's images of the concept, the retain images) is made once
 per concept and shared by every method's attacks. Resumable like the toyworld suite: every
@@ -24,7 +25,7 @@ import time
 from erase.benchmarks.toyworld import BASE, CACHE_DIR, Cells, _method_hash, _pct, peak_rss
 
 CONCEPTS = ("square", "red", "striped")  # one shape, one colour, one style
-ROBUST = ("rece-adv", "rece", "advunlearn")  # two erasure seeds each
+ERASE_SEEDS = {"rece-adv": 3, "rece": 3, "advunlearn": 2}  # erasure seeds 0 .. n - 1 (other methods: seed 0)
 ATTACKS = ("ti", "prompt", "relapse")
 METHOD_ORDER = ("rece-adv", "rece", "advunlearn", "uce", "esd", "salun", "fmn")
 SCORE_SEED = 0
@@ -61,8 +62,8 @@ def cells_todo(methods=None) -> list[tuple[str, int | None]]:
     from erase.methods import available
 
     order = [m for m in METHOD_ORDER if m in available()] + [m for m in available() if m not in METHOD_ORDER]
-    todo = [(m, 0) for m in methods or order]  # every method's first seed first, then the robust one's second
-    todo += [(m, 1) for m in methods or order if m in ROBUST]
+    # every method's first seed first, then the robust ones' second, then their third
+    todo = [(m, s) for s in range(max(ERASE_SEEDS.values())) for m in methods or order if s < ERASE_SEEDS.get(m, 1)]
     return todo + [(BASE, None)]
 
 
@@ -187,5 +188,6 @@ def run(quick: bool = False, compute: bool = True) -> str:
         "## Robustness: erasures under attack (toy world)", "",
         f"Machine: {machine_description()}. Command: `python scripts/benchmark.py --suite robustness` (resumable: cells are "
         "cached in toyworld-cache/robustness.jsonl). Every method with its toy-world preset; "
-        f"{' and '.join(ROBUST)} with erasure seeds 0 and 1, the others seed 0.", ""])
+        + "; ".join(f"{m} with erasure seeds {', '.join(str(s) for s in range(n))}" for m, n in ERASE_SEEDS.items())
+        + ", the others seed 0.", ""])
     return render(cells, header)
