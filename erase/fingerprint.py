@@ -6,8 +6,8 @@ community fine-tune). It is the SHA-256 of a few UNet tensors spread over the ne
 fp16 first so that the fp16 and fp32 files of one model agree. Tensors the erasure changed are
 never among them, so the fingerprint is the same whether or not the erasure is applied. An
 erasure that changed every UNet weight (``scope: full``) is fingerprinted on the first other
-component it left unchanged: the text encoder(s), then the VAE (which no erasure changes; it
-cannot tell apart two models that share it, SD 1.4 and 1.5 for one).
+component it left unchanged: the text encoder(s), then the VAE (which no erasure changes). A
+component two models share cannot tell them apart: SD 1.4 and 1.5 share both.
 
     fp = base_fingerprint(pipe, exclude=result.tensors)        # {"unet": {"tensors": [...], "sha256": "..."}}
     check_base(pipe, fp, source="no-star.safetensors")         # EraseError if pipe is another model
