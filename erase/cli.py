@@ -343,7 +343,7 @@ def run_jobs(jobs: list[dict], *, progress: bool = True, summary_path: str | Pat
         for i, job in enumerate(jobs):
             try:
                 summary = run_job(job, progress=progress)
-            except EraseError as e:
+            except (EraseError, OSError) as e:
                 records.append(fanout.record(i, job, error=str(e)))
                 raise
             records.append(fanout.record(i, job, summary=json.loads(json.dumps(summary, default=str))))

@@ -94,11 +94,20 @@ def describe(job: dict) -> str:
 
 
 def check_jobs(jobs: list[dict], num_processes: int = 1) -> None:
-    """Bad input found before any work: two jobs with one output folder; more processes than jobs."""
+    """Bad input found before any work: two jobs with one output folder, an output folder that
+    cannot be written or would replace a job's input (erase.export.check_output_path); more
+    processes than jobs."""
+    from erase.export import check_output_path
+
     seen: dict[Path, int] = {}
     for i, job in enumerate(jobs):
         if not job.get("out"):
             continue  # run_job reports it for that job
+        try:
+            check_output_path(Path(job["out"]).expanduser(), bool(job.get("overwrite", False)),
+                              inputs=[job.get("model"), job.get("apply"), job.get("model_config"), job.get("config")])
+        except EraseError as e:
+            raise EraseError(f"job {i + 1}: {e}") from None
         key = Path(job["out"]).expanduser().resolve()
         if key in seen:
             raise EraseError(f"jobs {seen[key] + 1} and {i + 1} both write {job['out']}: give each job its own 'out' folder")

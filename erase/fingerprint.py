@@ -7,7 +7,10 @@ fp16 first so that the fp16 and fp32 files of one model agree. Tensors the erasu
 never among them, so the fingerprint is the same whether or not the erasure is applied. An
 erasure that changed every UNet weight (``scope: full``) is fingerprinted on the first other
 component it left unchanged: the text encoder(s), then the VAE (which no erasure changes). A
-component two models share cannot tell them apart: SD 1.4 and 1.5 share both.
+component two models share cannot tell them apart: SD 1.4 and 1.5 share both. Those components
+may be held in bf16 (a GPU's frozen parts), whose values round to other fp16 bytes than the fp32
+file's, so their fingerprint also records a few values, and a hash that differs is accepted when
+those values agree to bf16's precision (a fine-tune that moved them by less passes too).
 
     fp = base_fingerprint(pipe, exclude=result.tensors)        # {"unet": {"tensors": [...], "sha256": "..."}}
     check_base(pipe, fp, source="no-star.safetensors")         # EraseError if pipe is another model
@@ -26,6 +29,8 @@ from erase.errors import EraseError
 __all__ = ["base_fingerprint", "check_base", "parse_fingerprint", "N_TENSORS"]
 
 N_TENSORS = 4
+N_SAMPLES = 16  # values per tensor recorded by a fingerprint taken outside the UNet
+SAMPLE_RTOL = 2**-7  # bf16's relative precision (8 significant bits), with room
 # the components a fingerprint may be taken from, in the order they are tried
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae")
 
@@ -58,8 +63,28 @@ def base_fingerprint(pipe, exclude: Iterable[str] = (), n: int = N_TENSORS) -> d
             n = min(n, len(candidates))
             picks = sorted({round(i * (len(candidates) - 1) / max(n - 1, 1)) for i in range(n)})
             names = [candidates[i] for i in picks]
-            return {component: {"tensors": names, "sha256": _digest(params, names)}}
+            fp = {"tensors": names, "sha256": _digest(params, names)}
+            if component != "unet":  # possibly held in half precision: see the module docstring
+                fp["samples"] = _samples(params, names)
+            return {component: fp}
     raise EraseError("the model has no unchanged weight tensors to fingerprint")
+
+
+def _samples(params: Mapping[str, torch.Tensor], names: list[str]) -> list[list[float]]:
+    return [params[n].detach().flatten()[:N_SAMPLES].float().cpu().tolist() for n in names]
+
+
+def _samples_agree(recorded, params: Mapping[str, torch.Tensor], names: list[str]) -> bool:
+    """The recorded values equal ``params``' to bf16's precision (the same weights held in another precision)."""
+    if not isinstance(recorded, list) or len(recorded) != len(names):
+        return False
+    got = _samples(params, names)
+    try:
+        want = torch.tensor(recorded, dtype=torch.float32)
+    except (TypeError, ValueError):
+        return False
+    have = torch.tensor(got, dtype=torch.float32)
+    return want.shape == have.shape and bool(torch.allclose(have, want, rtol=SAMPLE_RTOL, atol=1e-6))
 
 
 def _component(fp: dict) -> str:
@@ -100,7 +125,9 @@ def check_base(pipe, recorded, source: str = "the file", base_model: str | None 
     if missing:
         raise EraseError(f"{source} was made for another base model{made_for}: this {label} has no tensor {missing[0]!r}")
     got = _digest(params, names)
-    if got != fp[component]["sha256"]:
+    if got != fp[component]["sha256"] and not (
+        component != "unet" and _samples_agree(fp[component].get("samples"), params, names)
+    ):
         raise EraseError(
             f"{source} was made for another base model{made_for}: its {label} fingerprint is {fp[component]['sha256'][:12]}, "
             f"this model's is {got[:12]} (load the model it was made from, or pass check_base=False to apply it anyway)"

@@ -65,6 +65,13 @@ def check_concept_drawn(pipe, concept: str, seeds: Sequence[int] = (0,), judge=N
     return ua
 
 
+def _bf16(t):
+    import torch
+
+    t = t.detach().cpu()
+    return t.to(torch.bfloat16) if t.is_floating_point() else t
+
+
 def changed_components(base, erased) -> list[str]:
     """The UNet and each text encoder of ``erased`` whose weights differ from ``base``'s (an erased
     model given as a folder: the relapse attack fine-tunes what the erasure changed)."""
@@ -78,7 +85,8 @@ def changed_components(base, erased) -> list[str]:
         if mine is None or theirs is None:
             continue
         a, b = mine.state_dict(), theirs.state_dict()
-        if a.keys() != b.keys() or any(not torch.equal(a[k].cpu(), b[k].cpu().to(a[k].dtype)) for k in a):
+        # compared in bf16: a folder exported from a session that held the encoder in bf16 is unchanged
+        if a.keys() != b.keys() or any(not torch.equal(_bf16(a[k]), _bf16(b[k])) for k in a):
             out.append(name)
     return out
 
@@ -148,6 +156,8 @@ def evaluate(
     concept = check_attack_concept(base, concept)
     cfgs = {a: make_config(a, configs.get(a), toyworld=toy) for a in names}  # checked before any slow work
     check_restarts(restarts, toy or not names)
+    for a, cfg in cfgs.items():  # restarts run with attack seeds seed .. seed + restarts - 1
+        check_seed(cfg.seed + restarts - 1, f"{a}.seed + restarts - 1")
 
     target, weights, erasure_info = base, None, {"kind": "none (the base model itself)"}
     components = None  # what an erased folder changed (a result or file names its own)

@@ -84,6 +84,9 @@ def test_checks_before_any_work(tmp_path):
     check_jobs(jobs, 2)
     with pytest.raises(EraseError, match="3 processes but only 2 jobs: launch with --num_processes 2 or fewer"):
         check_jobs(jobs, 3)
+    (tmp_path / "a_file").write_text("x")  # job 2 could not write its folder: refused before job 1 runs
+    with pytest.raises(EraseError, match="job 2: cannot write .*a_file is a file"):
+        check_jobs([jobs[0], {"concepts": ["b"], "out": str(tmp_path / "a_file" / "b")}])
     assert default_summary_path(tmp_path / "cfg" / "sweep.yaml", jobs) == tmp_path / "sweep-summary.json"
 
 

@@ -137,7 +137,7 @@ def test_evaluate_refuses_a_delta_made_for_another_model(erasure, tmp_path, caps
     assert err.startswith("error:") and "made for another base model" in err and "\n" not in err
 
 
-def test_an_erasure_of_every_unet_weight_is_fingerprinted_on_the_text_encoder(erasure, tmp_path):
+def test_an_erasure_of_every_unet_weight_is_fingerprinted_on_the_text_encoder(erasure, tmp_path, tiny_folder):
     """scope 'full' changes every UNet tensor: the fingerprint moves to the text encoder and still
     tells another model of the same architecture apart."""
     from erase.fingerprint import base_fingerprint, check_base
@@ -148,6 +148,10 @@ def test_an_erasure_of_every_unet_weight_is_fingerprinted_on_the_text_encoder(er
     fp = base_fingerprint(pipe, exclude=every)
     assert list(fp) == ["text_encoder"] and fp["text_encoder"]["sha256"]
     check_base(pipe, json.dumps(fp))  # its own base: accepted
+    held_in_bf16 = load_pipeline(tiny_folder)  # as a GPU keeps the frozen text encoder
+    held_in_bf16.text_encoder.to(torch.bfloat16)
+    assert base_fingerprint(held_in_bf16, exclude=every)["text_encoder"]["sha256"] != fp["text_encoder"]["sha256"]
+    check_base(held_in_bf16, json.dumps(fp))  # the same weights in another precision: accepted
     other = load_pipeline(save_pipeline_folder("tiny", tmp_path / "other", seed=1))
     with pytest.raises(EraseError, match="made for another base model: its text_encoder fingerprint"):
         check_base(other, json.dumps(fp), source="full.safetensors")

@@ -45,10 +45,11 @@ CONCEPT = "van gogh"  # a whole word of the synthetic tokenizer
 COUNT_FIELDS = ("steps", "iterations", "epochs")  # the first one a config has is its amount of training
 # Smoke settings for any method (fields a config lacks are skipped): seconds on the tiny pipeline.
 SMOKE = {"steps": 2, "iterations": 2, "epochs": 1, "n_forget_images": 2, "n_retain_images": 2,
-         "generation_steps": 2, "ddim_steps": 2, "batch_size": 2, "attack_steps": 2, "inversion_steps": 2}
+         "generation_steps": 2, "ddim_steps": 2, "batch_size": 2, "attack_steps": 2, "inversion_steps": 2,
+         "warmup": 1}  # advunlearn: adversarial steps start after warmup, which must stay below iterations
 # Bounds on the SD 1.5-shaped cases (a value is only ever lowered). ddim_steps is part of ESD's
 # per-iteration work, so it is left at its default for an honest projection.
-BOUNDS = {"steps": 50, "iterations": 20, "epochs": 1, "generation_steps": 5}
+BOUNDS = {"steps": 50, "iterations": 20, "epochs": 1, "generation_steps": 5, "warmup": 5}
 # Extra variants of a method (case name suffix -> overrides); a method not listed gets one case.
 # A variant whose fields the method's config lacks is left out.
 VARIANTS = {

@@ -69,12 +69,16 @@ def check_seed(value, name: str = "seed") -> None:
         raise EraseError(f"{name} must be an integer from 0 to {MAX_SEED}, got {value!r}")
 
 
+def _finite(value) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)  # an int is finite (and may be too large for a float)
+
+
 def check_positive(cfg, *names: str, integer: bool = True) -> None:
     """EraseError naming the first of ``names`` that is not a positive integer (or finite number)."""
     for name in names:
         value = getattr(cfg, name)
         kinds = int if integer else (int, float)
-        if not isinstance(value, kinds) or isinstance(value, bool) or not value > 0 or not math.isfinite(value):
+        if not isinstance(value, kinds) or isinstance(value, bool) or not value > 0 or not _finite(value):
             raise EraseError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
 
 
@@ -82,7 +86,7 @@ def check_nonnegative(cfg, *names: str) -> None:
     """EraseError naming the first of ``names`` that is not a finite number >= 0."""
     for name in names:
         value = getattr(cfg, name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0 or not math.isfinite(value):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0 or not _finite(value):
             raise EraseError(f"{name} must be a number >= 0, got {value!r}")
 
 
