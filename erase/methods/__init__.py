@@ -115,8 +115,8 @@ class MethodConfig(BaseConfig):
             raise EraseError(f"optimizer must be adamw or adam, got {self.optimizer!r}")
         check_nonnegative(self, "weight_decay")
         check_positive(self, "batch_size", "n_forget_images", "generation_steps")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise EraseError(f"grad_clip must be positive or null, got {self.grad_clip!r}")
+        if self.grad_clip is not None:
+            check_positive(self, "grad_clip", integer=False)
 
 
 # The method to start with: measured on the bundled toy world (BENCHMARKS.md), the one that erases
