@@ -135,7 +135,10 @@ def evaluate(
     if sampling_steps is not None and (not isinstance(sampling_steps, int) or sampling_steps < 1):
         raise EraseError(f"sampling_steps must be a positive integer, got {sampling_steps!r}")
     sampling = {"steps": sampling_steps} if sampling_steps else {}
-    seeds = list(seeds)
+    try:
+        seeds = [int(s) for s in seeds]  # numpy integers too
+    except (TypeError, ValueError):
+        raise EraseError(f"scoring seeds must be integers, got {list(seeds)!r}") from None
     if not seeds:
         raise EraseError("at least one seed is needed")
     for s in seeds:
