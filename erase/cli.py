@@ -118,7 +118,7 @@ def run_job(job: dict, *, progress: bool = True, write: bool = True) -> dict:
     false (the other processes of a data-parallel run): erase, but score and write nothing."""
     import torch
 
-    from erase import methods
+    from erase import fanout, methods
     from erase.api import erase_concepts
     from erase.export import atomic_path, check_output_path, export_delta, export_diffusers, export_single_file
     from erase.lora import DEFAULT_RANK, parse_rank
@@ -141,7 +141,7 @@ def run_job(job: dict, *, progress: bool = True, write: bool = True) -> dict:
         raise EraseError("no output folder given (--out DIR)")
     out = Path(job["out"])
     overwrite = bool(job.get("overwrite", False))
-    check_output_path(out, overwrite, inputs=[job.get("model"), apply, job.get("model_config"), job.get("config")])
+    check_output_path(out, overwrite, inputs=fanout.job_inputs(job))
     exports = list(job.get("exports") or EXPORTS)
     bad = [e for e in exports if e not in EXPORTS]
     if bad:

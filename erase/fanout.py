@@ -93,6 +93,11 @@ def describe(job: dict) -> str:
     return f"apply {job['apply']}" if job.get("apply") else "no concepts"
 
 
+def job_inputs(job: dict) -> list:
+    """The paths a job reads (model, file to apply, model and method configs): its output must not replace them."""
+    return [job.get("model"), job.get("apply"), job.get("model_config"), job.get("config")]
+
+
 def check_jobs(jobs: list[dict], num_processes: int = 1) -> None:
     """Bad input found before any work: two jobs with one output folder, an output folder that
     cannot be written or would replace a job's input (erase.export.check_output_path); more
@@ -104,8 +109,7 @@ def check_jobs(jobs: list[dict], num_processes: int = 1) -> None:
         if not job.get("out"):
             continue  # run_job reports it for that job
         try:
-            check_output_path(Path(job["out"]).expanduser(), bool(job.get("overwrite", False)),
-                              inputs=[job.get("model"), job.get("apply"), job.get("model_config"), job.get("config")])
+            check_output_path(Path(job["out"]).expanduser(), bool(job.get("overwrite", False)), inputs=job_inputs(job))
         except EraseError as e:
             raise EraseError(f"job {i + 1}: {e}") from None
         key = Path(job["out"]).expanduser().resolve()
