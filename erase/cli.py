@@ -52,13 +52,22 @@ def parse_value(text: str):
         return text
 
 
-def parse_sets(pairs: list[str] | None) -> dict:
+def parse_sets(pairs: list[str] | None, flag: str = "--set") -> dict:
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise EraseError(f"--set expects key=value, got {pair!r}")
+            raise EraseError(f"{flag} expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
         out[key.strip()] = parse_value(value)
+    return out
+
+
+def read_settings(config_file: str | None, sets: list[str] | None, flag: str = "--set") -> dict:
+    """Settings from a YAML file, then ``flag`` key=value pairs on top."""
+    from erase.methods import read_yaml
+
+    out = read_yaml(config_file) if config_file else {}
+    out.update(parse_sets(sets, flag))
     return out
 
 
@@ -157,7 +166,7 @@ def run_job(job: dict, *, progress: bool = True, write: bool = True) -> dict:
     overrides.update(job.get("set") or {})
     # settings are checked before the (slow) model load (presets of a toy-world model come later)
     if apply is None:
-        methods.load_config(method, overrides)
+        methods.precheck_config(method, overrides, toyworld=job.get("model") is None)
 
     start = time.perf_counter()
     pipe = load_pipeline(job.get("model"), config=job.get("model_config"))

@@ -130,6 +130,12 @@ def evaluate(
     given = [x for x in (delta, erased, result, method, apply) if x is not None]
     if len(given) > 1:
         raise EraseError("give at most one of delta, erased, result, method and apply")
+    if method_config is not None and method is None:
+        raise EraseError("method settings apply only when erasing here with a method (give method as well)")
+    if method is not None and (method_config is None or isinstance(method_config, (str, Path, Mapping))):
+        from erase.methods import precheck_config  # the name and settings before any slow work (a config object: erase_concepts)
+
+        precheck_config(method, method_config, toyworld=model is None if pipe is None else is_toyworld(pipe))
     names = _parse_attacks(attacks)
     check_restarts(restarts)  # the type now, the toy-world condition once the model is known
     if sampling_steps is not None and (not isinstance(sampling_steps, int) or sampling_steps < 1):
@@ -296,9 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--delta", help="erasure as a delta file (scripts/erase.py's delta.safetensors)")
     g.add_argument("--erased", help="the erased model as a diffusers folder")
-    g.add_argument("--method", help="erase here first with this method (fmn, salun, esd, uce)")
+    g.add_argument("--method", help="erase here first with this method (any of scripts/erase.py's; its toy-world preset on the toy world)")
     g.add_argument("--apply", metavar="FILE", help="the erasure as a file: a delta, a partial UNet state dict in diffusers names "
                    "(ESD's / UCE's scripts) or a LoRA (kohya or diffusers layout); checked against --model")
+    p.add_argument("--method-config", metavar="FILE", help="with --method: YAML file of its settings (see configs/)")
+    p.add_argument("--method-set", action="append", metavar="KEY=VALUE",
+                   help="with --method: override one of its settings, e.g. seed=1 (repeatable)")
     p.add_argument("--concept", required=True, help="the erased concept")
     p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS), help="comma-separated: ti, prompt, relapse ('' for none; default: all)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="scoring seeds (default: 0)")
@@ -333,6 +342,13 @@ def attack_settings(config: str | None, sets: Sequence[str] | None) -> dict[str,
     return out
 
 
+def method_settings(config: str | None, sets: Sequence[str] | None) -> dict | None:
+    """--method-config and --method-set as one dict of the method's settings (None: neither given)."""
+    from erase.cli import read_settings
+
+    return read_settings(config, sets, "--method-set") if config is not None or sets else None
+
+
 def main(argv: list[str] | None = None) -> int:
     import os
 
@@ -342,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
 
     bar = TqdmProgress(not args.no_progress)
     try:
+        method_config = method_settings(args.method_config, args.method_set)
         report = evaluate(args.model, concept=args.concept, delta=args.delta, erased=args.erased, method=args.method, apply=args.apply,
+                          method_config=method_config,
                           attacks=args.attacks, attack_configs=attack_settings(args.config, args.set), seeds=args.seeds,
                           out=args.out, overwrite=args.overwrite, progress=bar, sampling_steps=args.sampling_steps,
                           restarts=args.restarts)

@@ -31,6 +31,10 @@ def test_help_runs_as_a_script():
     (["--concept", "van gogh", "--attacks", "ti", "--restarts", "0"], "restarts must be a positive integer, got 0"),
     (["--concept", "van gogh", "--attacks", "ti", "--restarts", "2"], "needs the toy world's judge"),
     (["--concept", "van gogh", "--seeds", "18446744073709552"], "scoring seed must be an integer from 0"),
+    (["--concept", "van gogh", "--method-set", "seed=1"], "apply only when erasing here with a method"),
+    (["--concept", "van gogh", "--method", "fmn", "--method-set", "stepz=3"], "unknown setting(s) for method fmn: stepz"),
+    (["--concept", "van gogh", "--method", "fmn", "--method-set", "steps"], "--method-set expects key=value"),
+    (["--concept", "van gogh", "--method", "fmm"], "unknown method 'fmm'"),
 ])
 def test_bad_input_is_one_line(tiny_folder, capsys, argv, message):
     assert main(["--model", str(tiny_folder), "--no-progress", *argv]) == 2
@@ -85,10 +89,12 @@ def test_attack_settings_from_yaml_and_set(tmp_path):
 def test_tiny_model_writes_grids_and_json(tiny_folder, tmp_path, capsys):
     out = tmp_path / "eval"
     rc = main(["--model", str(tiny_folder), "--concept", "van gogh", "--attacks", "ti", *FAST_TI, "--sampling-steps", "2",
-               "--method", "fmn", "--out", str(out), "--json", "--no-progress"])
+               "--method", "fmn", "--method-set", "steps=3", "--method-set", "generation_steps=2",
+               "--out", str(out), "--json", "--no-progress"])
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert report["toyworld"] is False and "scores" not in report and report["erasure"]["method"] == "fmn"
+    assert report["erasure"]["config"]["steps"] == 3 and report["erasure"]["config"]["generation_steps"] == 2
     assert report["attacks"]["ti"]["UA"] is None and all("<ti-0>" in p for p in report["attacks"]["ti"]["prompts"])
     assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "grid_attacks.png", "grid_prompts_ti.png"}
     assert main(["--model", str(tiny_folder), "--concept", "van gogh", "--attacks", "", "--out", str(out), "--no-progress"]) == 2

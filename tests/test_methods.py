@@ -118,6 +118,20 @@ def test_yaml_configs_load_and_match_defaults():
         assert cfg == methods.make_config(name), f"configs/{name}.yaml drifted from the {name} defaults"
 
 
+def test_settings_valid_on_the_toy_presets_only_are_not_refused_before_the_model_is_known():
+    """advunlearn: the paper warms up 200 steps, the toy preset 20; iterations 50 is fine on the toy world."""
+    from erase import methods
+
+    for toyworld in (True, False):
+        methods.precheck_config("advunlearn", {"iterations": 50}, toyworld=toyworld)
+    with pytest.raises(EraseError, match=r"warmup \(20\) must be below iterations \(10\)"):
+        methods.precheck_config("advunlearn", {"iterations": 10}, toyworld=True)
+    with pytest.raises(EraseError, match=r"warmup \(200\) must be below iterations \(10\)"):
+        methods.precheck_config("advunlearn", {"iterations": 10}, toyworld=False)
+    with pytest.raises(EraseError, match="unknown setting"):
+        methods.precheck_config("advunlearn", {"iteration": 50})
+
+
 def test_gradient_checkpointing_gives_the_same_result(tiny_folder):
     from erase.models import load_pipeline
 

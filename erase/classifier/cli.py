@@ -43,12 +43,9 @@ rows of X as given.
 
 def load_overrides(config_file: str | None, sets: list[str]) -> dict:
     """Options from a YAML file, then --set key=value pairs (parsed as in scripts/erase.py)."""
-    from erase.cli import parse_sets
-    from erase.methods import read_yaml
+    from erase.cli import read_settings
 
-    out = read_yaml(config_file) if config_file else {}
-    out.update(parse_sets(sets))
-    return out
+    return read_settings(config_file, sets)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -231,6 +231,24 @@ def load_config(name: str, source: str | Path | Mapping[str, object] | None = No
     return make_config(name, data, toyworld=toyworld)
 
 
+def precheck_config(name: str, source: str | Path | Mapping[str, object] | None = None, *, toyworld: bool = False) -> None:
+    """Refuse settings that no model could take, before the (slow) model load.
+
+    The model decides the base the settings go on (a toy-world model's presets, else the paper's
+    defaults), so settings that are wrong on one base only (an ``iterations`` below the paper's
+    warm-up but above the toy preset's) wait for the full check once the model is known.
+    ``toyworld``: the likelier base, whose message is shown when both refuse.
+    """
+    errors = []
+    for base in (toyworld, not toyworld):
+        try:
+            load_config(name, source, toyworld=base)
+            return
+        except EraseError as e:
+            errors.append(e)
+    raise errors[0]
+
+
 def describe(name: str) -> list[tuple[str, object, str]]:
     """(field, default, help) for each setting of a method: for --help texts and the app."""
     spec = get(name)
