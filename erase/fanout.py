@@ -108,11 +108,12 @@ def check_jobs(jobs: list[dict], num_processes: int = 1) -> None:
     for i, job in enumerate(jobs):
         if not job.get("out"):
             continue  # run_job reports it for that job
+        out = Path(job["out"]).expanduser()
         try:
-            check_output_path(Path(job["out"]).expanduser(), bool(job.get("overwrite", False)), inputs=job_inputs(job))
+            check_output_path(out, bool(job.get("overwrite", False)), inputs=job_inputs(job))
         except EraseError as e:
             raise EraseError(f"job {i + 1}: {e}") from None
-        key = Path(job["out"]).expanduser().resolve()
+        key = out.resolve()
         if key in seen:
             raise EraseError(f"jobs {seen[key] + 1} and {i + 1} both write {job['out']}: give each job its own 'out' folder")
         seen[key] = i

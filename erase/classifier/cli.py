@@ -41,13 +41,6 @@ rows of X as given.
 """
 
 
-def load_overrides(config_file: str | None, sets: list[str]) -> dict:
-    """Options from a YAML file, then --set key=value pairs (parsed as in scripts/erase.py)."""
-    from erase.cli import read_settings
-
-    return read_settings(config_file, sets)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from erase.classifier import METHODS
     from erase.classifier.data import ALL_DATASETS as DATASETS
@@ -226,9 +219,10 @@ def _setup(args):
 def _run_experiment(args) -> int:
     from erase.classifier import get_method, make_config
     from erase.classifier.experiment import fit_sisa_only, markdown_table, run_experiment, save_outputs
+    from erase.cli import read_settings
 
     spec = get_method(args.method)
-    config = make_config(args.method, load_overrides(args.config, args.set))
+    config = make_config(args.method, read_settings(args.config, args.set))  # YAML, then --set pairs
     train = _train_config(args.train)
     data, arch, original = _setup(args)
     if spec.model_kind == "sisa" and args.save and not args.forget:
